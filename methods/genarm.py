@@ -246,6 +246,7 @@ class GenARM(Method):
 
     def train(self, task: Task, splits: Splits, spec: RunSpec, out_dir: Path) -> None:
         from peft import LoraConfig, get_peft_model
+        from transformers import set_seed
 
         cfg = self.config
         tok = load_tokenizer(spec.guide_model)
@@ -264,6 +265,10 @@ class GenARM(Method):
                 target_modules=list(cfg.target_modules),
                 task_type="CAUSAL_LM",
             )
+            # the LoRA init draws random numbers: seed it as the official scripts do
+            # (set_seed(42) before the model is built), so every process and every run
+            # starts from the same adapter
+            set_seed(cfg.seed)
             peft_model = get_peft_model(model, lora)
             beta_r = self.beta_r(objective)
 

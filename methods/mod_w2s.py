@@ -49,6 +49,9 @@ from mobench.training import (
     ARMTrainingConfig,
     TokenizedPair,
     TrainResult,
+    current_trainer_arguments,
+    data_parallel_batches,
+    launched_processes,
     progress_callbacks,
     tokenize_pairs,
 )
@@ -145,15 +148,17 @@ def train_dpo_policy(
     from trl import DPOConfig
 
     use_cpu = next(model.parameters()).device.type == "cpu"
-    args = DPOConfig(
+    # the config's batch is the global batch on any number of processes, as in train_pairs
+    per_device, accum = data_parallel_batches(config, launched_processes())
+    settings: dict[str, Any] = dict(
         output_dir=output_dir,
         beta=config.dpo_beta,
         loss_type=["sigmoid"],  # the standard (reverse-KL) DPO loss MOD's closed form assumes
         # tokenize_pairs already fits every sequence into max_length; a second cut in trl's
         # collator (which keeps the start) would only drop response tokens
         max_length=None,
-        per_device_train_batch_size=config.per_device_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accum,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler_type,
         warmup_steps=config.warmup_steps,
@@ -173,6 +178,8 @@ def train_dpo_policy(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+    settings.update(current_trainer_arguments())  # --trainer-config (checked)
+    args = DPOConfig(**settings)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,

@@ -8,9 +8,11 @@ Training (:meth:`PreferenceARM.train`, Algorithm 1 as the official code runs it,
 
 * ONE shared batch in which every pair carries all k labels (not one batch per objective);
 * per micro-batch, alpha ~ Dirichlet(p 1_k), p = ``pref_sample_p`` = 0.5, drawn from a generator
-  seeded with ``(seed, micro_step)`` so every process of a multi-GPU run draws the same alpha
-  (the official code seeds numpy identically on every rank, METHODS §10.10), and written into
-  the model's :class:`~mobench.methods.adapters.PreferenceContext` before the forward;
+  seeded with ``(seed, micro_step)``, where ``micro_step`` is the single-process micro-batch
+  index the trainer reports (mobench.training.PairLoss), so a multi-GPU run draws the same alpha
+  for the same pairs as one process (the official code seeds numpy identically on every rank,
+  so its ranks share each step's alpha instead, METHODS §10.10), and written into the model's
+  :class:`~mobench.methods.adapters.PreferenceContext` before the forward;
 * loss ``sum_i alpha_i L_i`` with ``L_i`` the reference-free Bradley–Terry loss (METHODS §2) of
   objective i's label with its own beta_r (0.01 for both PKU objectives in run.sh; the
   ``--beta=0.5`` flag there is unused, §10.7).
@@ -133,8 +135,9 @@ class PARMConfig(PreferenceARMConfig):
 def draw_alpha(seed: int, micro_step: int, num_objectives: int, concentration: float) -> np.ndarray:
     """alpha ~ Dirichlet(concentration 1_k) from a generator seeded with ``(seed, micro_step)``.
 
-    The draw depends only on these numbers, so every process of a distributed run (each counts
-    its own micro-batches) uses the same alpha for the same micro-batch (METHODS §10.10).
+    The draw depends only on these numbers, and the trainer numbers micro-batches as one
+    process would (mobench.training.PairLoss), so a distributed run uses the same alpha for the
+    same pairs as a single-process run.
     """
     if concentration <= 0:
         raise ConfigError(f"pref_sample_p must be > 0, got {concentration}")

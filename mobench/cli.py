@@ -7,6 +7,7 @@ unusable files) print one line and exit with code 2.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -161,11 +162,42 @@ def run(
         list[str] | None,
         typer.Option("--set", help="override any field: method.X=V, generation.X=V, preset.X=V"),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: generate and score only shard i of n (by prompt); under torchrun or "
+            "accelerate launch the rank sets it"
+        ),
+    ] = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option(
+            help="spread a base model too big for one GPU: auto, balanced, sequential, or a "
+            'JSON module->device map, e.g. \'{"": "cuda:1"}\''
+        ),
+    ] = None,
+    guide_device: Annotated[
+        str | None, typer.Option(help="device for the guides (default: --device)")
+    ] = None,
+    trainer_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON of extra transformers TrainingArguments for guide training, e.g. "
+            '{"deepspeed": "ds.json"} or {"fsdp": "full_shard auto_wrap"}'
+        ),
+    ] = None,
 ) -> None:
     """Train a method's guide, generate over the alpha grid, score, and compute HV and MIP."""
     from mobench import pipeline
+    from mobench.sharding import check_device_map, resolve_shard
 
     try:
+        this_shard = resolve_shard(shard)
+        placement = pipeline.Placement(
+            device_map=_parse_device_map(device_map), guide_device=guide_device
+        )
+        check_device_map(placement.device_map, this_shard)
+        extra_training = _read_trainer_config(trainer_config)
         spec = pipeline.resolve_spec(
             task,
             method,
@@ -183,15 +215,74 @@ def run(
             overrides=parse_set_option(set_ or []),
         )
         run_dir = out or pipeline.default_run_dir(spec)
-        err_console.print(f"run {spec.run_name} -> {run_dir}", highlight=False)
-        with RichProgress() as progress:
-            result = pipeline.execute_run(spec, run_dir, batch_size=batch_size, progress=progress)
+        where = f" (shard {this_shard})" if this_shard else ""
+        err_console.print(f"run {spec.run_name} -> {run_dir}{where}", highlight=False)
+        # one progress display per terminal: a launcher's other ranks stay quiet
+        quiet = this_shard is not None and this_shard.launched and this_shard.index != 0
+        display = contextlib.nullcontext(pipeline.NullProgress()) if quiet else RichProgress()
+        with display as progress:
+            result = pipeline.execute_run(
+                spec,
+                run_dir,
+                batch_size=batch_size,
+                progress=progress,
+                shard=this_shard,
+                placement=placement,
+                trainer_arguments=extra_training,
+            )
     except _user_errors() as e:
         _fail(str(e))
         return
     if result.generated == 0 and result.scored == 0:
         err_console.print("nothing to do: every row was already generated and scored (resumed)")
+    if result.metrics is None:
+        assert this_shard is not None
+        waiting = ", ".join(f"{i}/{this_shard.count}" for i in result.waiting_for)
+        err_console.print(
+            f"shard {this_shard} finished its rows; waiting for shard(s) {waiting}: the last shard "
+            f"to finish writes the metrics (or run `mobench score {result.run_dir}` then)",
+            highlight=False,
+        )
+        return
     _print_summary(result.metrics, result.run_dir)
+
+
+def _parse_device_map(text: str | None) -> str | dict[str, Any] | None:
+    """``--device-map``: a placement strategy name or a JSON module -> device object."""
+    import json
+
+    if text is None:
+        return None
+    if text in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"--device-map '{text}': use auto, balanced, balanced_low_0, sequential, or a JSON "
+            'object such as \'{"": "cuda:0"}\''
+        )
+    return value
+
+
+def _read_trainer_config(path: Path | None) -> dict[str, Any]:
+    """``--trainer-config``: a JSON object of TrainingArguments fields (checked)."""
+    import json
+
+    from mobench.training import check_trainer_arguments
+
+    if path is None:
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--trainer-config {path}: cannot read a JSON object ({e})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--trainer-config {path}: expected a JSON object of TrainingArguments")
+    check_trainer_arguments(value)
+    return value
 
 
 @app.command()

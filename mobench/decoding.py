@@ -239,6 +239,9 @@ class CausalLMStepper:
         self.vocab_size = vocab_size
         self.pad_token_id = pad_token_id
         self.device = self.head.weight.device
+        # a model spread over devices (device_map): its KV cache lives on each layer's device
+        placed = set((getattr(model, "hf_device_map", None) or {}).values())
+        self.spans_devices = len(placed) > 1
         self.forward_calls = 0
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
@@ -307,7 +310,8 @@ class CausalLMStepper:
     def drop(self, keep: torch.Tensor) -> None:
         assert self._mask is not None and self._next_pos is not None, "prefill first"
         keep = keep.to(self.device)
-        self._cache.batch_select_indices(keep)
+        # CPU indices can select rows of a tensor on any device; device indices only their own
+        self._cache.batch_select_indices(keep.cpu() if self.spans_devices else keep)
         self._mask = self._mask.index_select(0, keep)
         self._next_pos = self._next_pos.index_select(0, keep)
 

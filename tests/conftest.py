@@ -131,36 +131,41 @@ def tiny_large_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return _save(tmp_path_factory, "tiny-llama-large", hidden=128, layers=3, seed=1)
 
 
+def make_unit_preset(model_dir: str) -> Any:
+    """The safety task's ``unit`` preset on a tiny model directory (see ``unit_preset``); a
+    function so that helper processes (tests/launch_unit_run.py) register the same preset."""
+    from mobench.config import GenerationConfig, Preset
+
+    return Preset(
+        name="unit",
+        task="safety",
+        description="unit tests: tiny random model",
+        base_model=model_dir,
+        data="builtin:safety_tiny.jsonl",
+        split_sizes=(32, 4, 8),
+        test_limit=4,
+        generation=GenerationConfig(max_new_tokens=6),
+        training={
+            "max_steps": 2,
+            "per_device_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "warmup_steps": 0,
+            "max_length": 96,
+            "max_prompt_length": 64,
+        },
+        scorers={"helpful": f"yesno:{model_dir}", "harmless": f"yesno:{model_dir}"},
+        hv_ref_point=(0.0, 0.0),
+        dtype="float32",
+        batch_size=8,
+    )
+
+
 @pytest.fixture(scope="session")
 def unit_preset(tiny_model_dir: str) -> Any:
     """Register (and yield) the safety task's ``unit`` preset: tiny model, 40 pairs, 4 prompts,
     6 new tokens, yes/no proxy scorers on the tiny model. Runs in a few seconds."""
-    from mobench.config import GenerationConfig, Preset
     from mobench.registry import _PRESETS, register_preset
 
-    preset = register_preset(
-        Preset(
-            name="unit",
-            task="safety",
-            description="unit tests: tiny random model",
-            base_model=tiny_model_dir,
-            data="builtin:safety_tiny.jsonl",
-            split_sizes=(32, 4, 8),
-            test_limit=4,
-            generation=GenerationConfig(max_new_tokens=6),
-            training={
-                "max_steps": 2,
-                "per_device_batch_size": 4,
-                "gradient_accumulation_steps": 1,
-                "warmup_steps": 0,
-                "max_length": 96,
-                "max_prompt_length": 64,
-            },
-            scorers={"helpful": f"yesno:{tiny_model_dir}", "harmless": f"yesno:{tiny_model_dir}"},
-            hv_ref_point=(0.0, 0.0),
-            dtype="float32",
-            batch_size=8,
-        )
-    )
+    preset = register_preset(make_unit_preset(tiny_model_dir))
     yield preset
     _PRESETS.pop(("safety", "unit"), None)
