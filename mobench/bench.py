@@ -568,8 +568,12 @@ def reference_decode(
     return time.perf_counter() - t0, outputs
 
 
+def device_is_cuda(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
 def _sync(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
+    if device_is_cuda(device):
         torch.cuda.synchronize(device)
 
 
@@ -747,6 +751,9 @@ def _random_guides(
         ctx = models.context(preset.dtypes[0], w2s=w2s, fuse=False, base=False)
         _method(name).random_guide(task, ctx, path, preset.seed + 10 * i)
         del ctx
+        gc.collect()  # the backbone copies random_guide loaded (a 7B each on the GPU preset)
+        if device_is_cuda(models.device):
+            torch.cuda.empty_cache()
         out[(name, w2s)] = path
     log(f"random guides ready: {', '.join(p.name for p in out.values())}")
     return out
