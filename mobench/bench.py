@@ -537,7 +537,6 @@ def reference_decode(
     """The reference loop: each (prompt ids, alpha) row alone, HF ``generate`` (greedy, no EOS
     stop) on the base with :class:`GuideLogitsProcessor`. Returns (seconds, tokens per row)."""
     from transformers import GenerationConfig as HFGenerationConfig
-    from transformers import LogitsProcessorList
 
     base = models.base
     device = base.get_output_embeddings().weight.device
@@ -549,9 +548,38 @@ def reference_decode(
         eos_token_id=None,
         pad_token_id=models.base_tokenizer.pad_token_id,
     )
-    outputs = []
+    # generate() fills a None eos_token_id from the model's own generation config and would stop
+    # there: clear it for the loop, so both sides decode the same token budget
+    model_eos = base.generation_config.eos_token_id
+    base.generation_config.eos_token_id = None
     _sync(device)
     t0 = time.perf_counter()
+    try:
+        outputs = _reference_rows(models, guide, rows, hf_config, beta)
+    finally:
+        base.generation_config.eos_token_id = model_eos
+    _sync(device)
+    wall = time.perf_counter() - t0
+    if any(len(row) != max_new_tokens for row in outputs):
+        raise RuntimeError(
+            f"the reference loop stopped early ({[len(r) for r in outputs]} tokens, not "
+            f"{max_new_tokens}): its timing and token agreement would not be comparable"
+        )
+    return wall, outputs
+
+
+def _reference_rows(
+    models: ModelContext,
+    guide: Guide,
+    rows: Sequence[tuple[list[int], np.ndarray]],
+    hf_config: Any,
+    beta: float,
+) -> list[list[int]]:
+    from transformers import LogitsProcessorList
+
+    base = models.base
+    device = base.get_output_embeddings().weight.device
+    outputs = []
     for prompt, alpha in rows:
         ids = torch.tensor([prompt], device=device)
         processor = GuideLogitsProcessor(
@@ -564,8 +592,7 @@ def reference_decode(
             logits_processor=LogitsProcessorList([processor]),
         )
         outputs.append(out[0, ids.shape[1] :].tolist())
-    _sync(device)
-    return time.perf_counter() - t0, outputs
+    return outputs
 
 
 def device_is_cuda(device: torch.device | str) -> bool:

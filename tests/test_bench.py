@@ -36,7 +36,8 @@ def test_reference_loop_equals_mobench_loop(tiny_tokenizer: Any) -> None:
     prompts = _encode(tok, PROMPTS)
     alphas = np.array([[0.2, 0.8], [0.7, 0.3], [1.0, 0.0]], dtype=np.float32)
     beta = 0.25  # the random tiny base alone repeats one token; amplify the guidance
-    models = ModelContext(build_llama(tok), tok, "tiny", tok, "tiny", len(tok), "float32", "cpu")
+    base = build_llama(tok)
+    models = ModelContext(base, tok, "tiny", tok, "tiny", len(tok), "float32", "cpu")
     with stock_attention():
         guide = GenARMGuide(random_lora_arms(tok), len(tok), tok.pad_token_id)
     _, reference = reference_decode(
@@ -55,6 +56,14 @@ def test_reference_loop_equals_mobench_loop(tiny_tokenizer: Any) -> None:
     assert reference == ours.tokens
     assert all(len(row) == 8 for row in reference)  # no EOS stop: the same token budget
     assert len({tuple(r) for r in reference}) > 1
+    # a model whose own generation config names an EOS the rows emit: generate() would stop
+    # there (it fills eos_token_id=None from the model), the reference loop must not
+    base.generation_config.eos_token_id = reference[0][2]
+    _, again = reference_decode(
+        models, guide, list(zip(prompts, alphas, strict=True)), max_new_tokens=8, beta=beta
+    )
+    assert again == reference
+    assert base.generation_config.eos_token_id == reference[0][2]  # restored
 
 
 def test_token_agreement() -> None:
