@@ -192,3 +192,8 @@ class GenARM(Method):
 
     def trainable_parameters(self, artifacts: Path) -> int:
         return safetensors_numel(sorted(artifacts.glob("*/adapter_model.safetensors")))
+
+    @classmethod
+    def estimated_forwards_per_token(cls, spec: RunSpec) -> dict[str, int] | None:
+        """1 base forward + one ARM forward per objective (METHODS §3.3)."""
+        return {"base": 1, "guide": len(spec.objectives)}
