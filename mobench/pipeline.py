@@ -289,9 +289,12 @@ def execute_run(
 
 def _load_splits(run: RunDirectory, task: Task, spec: RunSpec) -> tuple[Any, list[PreferencePair]]:
     """The task's splits (checked against, or saved as, split.json) and the generation prompts."""
+    t0 = time.perf_counter()
     splits = task.load(spec)
     if splits.info and run.read("data.json") is None:  # the first load is the record
         run.write("data.json", splits.info)
+        # reading, relabelling (and training the scorers it needs, when not cached)
+        _update_timing(run, "data", wall_s=time.perf_counter() - t0)
     stored_ids = run.read("split.json")
     if stored_ids is not None and stored_ids != splits.ids():
         raise RunDirError(

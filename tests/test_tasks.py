@@ -603,7 +603,7 @@ def test_dry_run_describes_the_paper_setup_without_loading(monkeypatch: pytest.M
 
 
 def test_helpful_run_end_to_end_records_data_and_scorers(
-    tmp_path: Path, tiny_model_dir: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_model_dir: str, trained_scorer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A full run of the helpful task on the tiny model: three objectives, MOD's 13 alphas,
     relabelling with a mobench-trained scorer (helpful) and proxies, the trained scorer's
@@ -611,15 +611,9 @@ def test_helpful_run_end_to_end_records_data_and_scorers(
     from mobench.config import Preset
     from mobench.pipeline import execute_run, resolve_spec
     from mobench.registry import _PRESETS, register_preset
-    from tests.test_trained_scorer import write_hh
-
-    monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MOBENCH_SCORE_CACHE", str(tmp_path / "score-cache"))
-    hh = write_hh(tmp_path / "data" / "helpful-base" / "test.jsonl.gz", 40)
-    trained = (
-        f"trained:{tiny_model_dir}?data={hh}&part=none&train_pairs=16&heldout_pairs=20"
-        "&max_length=48&batch_size=8&lora_layers=1"
-    )
+    _, folder, _ = trained_scorer
+    trained = f"trained:{folder}"
     register_preset(
         Preset(
             name="unit",
@@ -666,7 +660,7 @@ def test_helpful_run_end_to_end_records_data_and_scorers(
     assert data["sizes"] == {"train": 16, "validation": 2, "test": 4}
     scorers = json.loads((run / "scorers.json").read_text())
     assert set(scorers) == {"helpful", "harmless", "humor"}
-    folder = Path(scorers["helpful"]["folder"])
+    assert Path(scorers["helpful"]["folder"]) == folder
     stored = json.loads((folder / "scorer.json").read_text())
     assert scorers["helpful"]["heldout_accuracy"] == stored["heldout_accuracy"]
     assert scorers["harmless"]["fingerprint"].startswith("proxy-yesno:")

@@ -8,7 +8,6 @@ hash, data by content); bad recipes fail with one line.
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -17,61 +16,17 @@ import pytest
 
 from mobench.config import ConfigError
 from mobench.data import DataError
+from tests.conftest import write_hh_file
 
 
-def hh_row(question: str, good: str, bad: str) -> dict[str, str]:
-    prefix = f"\n\nHuman: {question}\n\nAssistant:"
-    return {"chosen": f"{prefix} {good}", "rejected": f"{prefix} {bad}"}
-
-
-def write_hh(path: Path, n: int) -> Path:
-    """n HH rows with distinct questions (so held-out groups are single pairs)."""
-    rows = [
-        hh_row(
-            f"Question number {i}: how do I bake bread?",
-            "Mix flour, water, salt and yeast, then knead and bake.",
-            "No.",
-        )
-        for i in range(n)
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory):
-    from mobench.tasks.trained_scorer import ScorerRecipe, ensure_trained
-
-    root = tmp_path_factory.mktemp("scorers")
-    data = write_hh(root / "data" / "helpful-base" / "train.jsonl.gz", 48)
-    recipe = ScorerRecipe(
-        objective="helpful",
-        data=(str(data),),
-        backbone=tiny_model_dir,
-        part=None,
-        train_pairs=24,
-        heldout_pairs=20,
-        max_length=64,
-        batch_size=8,
-        epochs=1.0,
-        lora_layers=1,
-        seed=0,
-    )
-    folder = ensure_trained(recipe, root / "cache")
-    return recipe, folder, root
-
-
-def test_heldout_accuracy_is_what_the_loaded_scorer_gives(trained) -> None:
+def test_heldout_accuracy_is_what_the_loaded_scorer_gives(trained_scorer) -> None:
     from mobench.tasks.trained_scorer import (
         TrainedRewardScorer,
         heldout_split,
         load_labelled_pairs,
     )
 
-    recipe, folder, _ = trained
+    recipe, folder, _ = trained_scorer
     meta = json.loads((folder / "scorer.json").read_text())
     assert meta["recipe"] == recipe.to_json()
     assert meta["heldout_pairs"] == 20 and meta["train_pairs"] == 24
@@ -89,13 +44,13 @@ def test_heldout_accuracy_is_what_the_loaded_scorer_gives(trained) -> None:
     assert scorer.info["heldout_accuracy"] == meta["heldout_accuracy"]
 
 
-def test_loaded_scorer_equals_direct_unmerged_forward(trained) -> None:
+def test_loaded_scorer_equals_direct_unmerged_forward(trained_scorer) -> None:
     import torch
     from mobench.tasks.trained_scorer import TrainedRewardScorer, encode_conversation
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    recipe, folder, _ = trained
+    recipe, folder, _ = trained_scorer
     scorer = TrainedRewardScorer(folder, "helpful", dtype="float32", batch_size=3)
     prompts = [[{"role": "user", "content": f"Tell me fact {i}."}] for i in range(5)]
     responses = ["Water boils at 100 C.", "No.", "Paris is the capital of France, yes.", "a", "b c"]
@@ -111,12 +66,12 @@ def test_loaded_scorer_equals_direct_unmerged_forward(trained) -> None:
     assert scorer.score(prompts, responses) == pytest.approx((batched - scorer.mean) / scorer.std)
 
 
-def test_recipe_is_trained_once_and_hashes_data_by_content(trained, monkeypatch) -> None:
+def test_recipe_is_trained_once_and_hashes_data_by_content(trained_scorer, monkeypatch) -> None:
     import dataclasses
 
     from mobench.tasks import trained_scorer as ts
 
-    recipe, folder, root = trained
+    recipe, folder, root = trained_scorer
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached scorer should have been reused")
@@ -129,16 +84,16 @@ def test_recipe_is_trained_once_and_hashes_data_by_content(trained, monkeypatch)
     copy.write_bytes(Path(recipe.data[0]).read_bytes())
     moved = dataclasses.replace(recipe, data=(str(copy),))
     assert ts.recipe_folder(moved, root / "cache") == folder
-    other = write_hh(root / "other" / "helpful-base" / "train.jsonl.gz", 47)
+    other = write_hh_file(root / "other" / "helpful-base" / "train.jsonl.gz", 47)
     changed = dataclasses.replace(recipe, data=(str(other),))
     assert ts.recipe_folder(changed, root / "cache") != folder
 
 
-def test_scorer_spec_string_builds_the_cached_scorer(trained, monkeypatch) -> None:
+def test_scorer_spec_string_builds_the_cached_scorer(trained_scorer, monkeypatch) -> None:
     from mobench.tasks import trained_scorer as ts
     from mobench.tasks.scorers import build_scorer, scorer_cache_key
 
-    recipe, folder, root = trained
+    recipe, folder, root = trained_scorer
     monkeypatch.setattr(ts, "scorers_root", lambda: root / "cache")
     spec = (
         f"trained:{recipe.backbone}?data={recipe.data[0]}&part=none&train_pairs=24"
@@ -160,7 +115,7 @@ def test_bad_recipes_fail_with_one_line(tmp_path: Path, tiny_model_dir: str) -> 
         parse_recipe(f"{tiny_model_dir}?data=x.jsonl&epochz=2", "helpful")
     with pytest.raises(ConfigError, match="no data"):
         parse_recipe(tiny_model_dir, "helpful")
-    data = write_hh(tmp_path / "helpful-base" / "test.jsonl.gz", 30)
+    data = write_hh_file(tmp_path / "helpful-base" / "test.jsonl.gz", 30)
     # helpful-base rows label helpfulness only
     with pytest.raises(DataError) as err:
         train_reward_model(
