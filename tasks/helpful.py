@@ -23,6 +23,7 @@ vectors by default (``--grid simplex-0.1`` for the full 66-vector lattice).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -44,6 +45,8 @@ from mobench.registry import register_preset, register_task
 
 if TYPE_CHECKING:
     from mobench.config import RunSpec
+
+log = logging.getLogger("mobench")
 
 HH_HUB = "Anthropic/hh-rlhf"
 DEFAULT_SUBSETS = ("helpful-base", "harmless-base")
@@ -123,6 +126,13 @@ class HelpfulTask(PreferenceTask):
                         continue
                     rows.append(_with_split_id(pair, subset, split, i))
                 skipped_rows[where] = skipped
+                if skipped:
+                    log.warning(
+                        "%s: skipped %d of %d rows that are not usable HH pairs",
+                        where,
+                        skipped,
+                        len(records),
+                    )
             else:
                 path = _local_file(source.path, subset, split)
                 if path is None:

@@ -611,6 +611,7 @@ def test_helpful_run_end_to_end_records_data_and_scorers(
     from mobench.config import Preset
     from mobench.pipeline import execute_run, resolve_spec
     from mobench.registry import _PRESETS, register_preset
+
     monkeypatch.setenv("MOBENCH_SCORE_CACHE", str(tmp_path / "score-cache"))
     _, folder, _ = trained_scorer
     trained = f"trained:{folder}"
