@@ -223,7 +223,7 @@ register_preset(
         ),
         base_model="smollm2-135m-instruct",
         data=DATA_DIR_PREFIX + "hh-rlhf?subsets=helpful-base,harmless-base&split=test",
-        split_sizes=(192, 16, 32),
+        split_sizes=(128, 16, 32),
         split_seed=0,
         generation=GenerationConfig(max_new_tokens=64),
         training=dict(MINI_TRAINING),

@@ -147,8 +147,8 @@ MINI_TRAINING = {
     "per_device_batch_size": 4,
     "gradient_accumulation_steps": 2,
     "warmup_steps": 4,
-    "max_length": 320,
-    "max_prompt_length": 192,
+    "max_length": 192,
+    "max_prompt_length": 128,
 }
 
 register_preset(
@@ -162,7 +162,7 @@ register_preset(
         ),
         base_model="smollm2-135m-instruct",
         data=DATA_DIR_PREFIX + "pku-saferlhf/pku_saferlhf_test_safety_pairs_5135.jsonl.gz",
-        split_sizes=(192, 16, 32),
+        split_sizes=(128, 16, 32),
         split_seed=0,
         generation=GenerationConfig(max_new_tokens=64),
         training=dict(MINI_TRAINING),
