@@ -38,6 +38,8 @@ from torch import Tensor, nn
 #: every adapter tensor (parameter or buffer) has a name starting with one of these; this is
 #: what :func:`adapter_state_dict` keeps (PARM's save filter keeps "pblora_" keys, §4.3).
 ADAPTER_KEY_PREFIXES = ("pblora_", "moslora_")
+#: adapter tensors that are saved but never trained (MoSLoRA's frozen descriptors E).
+FROZEN_ADAPTER_KEYS = ("moslora_E",)
 #: attribute under which :func:`inject_adapters` registers the shared context on the model.
 CONTEXT_ATTR = "preference_context"
 #: LLaMA attention projections, the modules PARM and GenARM adapt (METHODS §4.1, §10.15).
@@ -515,3 +517,18 @@ def count_adapter_parameters(model: nn.Module) -> int:
         for name, p in model.named_parameters()
         if p.requires_grad and _is_adapter_key(name)
     )
+
+
+def count_saved_adapter_parameters(path: str | Path) -> int:
+    """Trainable parameters in a :func:`save_adapters` file: every stored tensor except the
+    frozen ones (:data:`FROZEN_ADAPTER_KEYS`); equals :func:`count_adapter_parameters` of the
+    model that was saved."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+            if key.rpartition(".")[2] in FROZEN_ADAPTER_KEYS:
+                continue
+            total += math.prod(f.get_slice(key).get_shape())
+    return total

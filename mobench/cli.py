@@ -7,6 +7,7 @@ unusable files) print one line and exit with code 2.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -85,11 +86,6 @@ class RichProgress:
         if phase in self._tasks:
             self._progress.advance(self._tasks[phase], n)
 
-    def set_completed(self, phase: str, done: int, total: int) -> None:
-        if phase not in self._tasks:
-            self.start(phase, total)
-        self._progress.update(self._tasks[phase], completed=done, total=total)
-
     def log(self, message: str) -> None:
         self._progress.console.log(message)
 
@@ -132,23 +128,38 @@ def run(
     task: Annotated[str, typer.Option(help="task name (mobench ls tasks)")],
     preset: Annotated[str, typer.Option(help="preset name (mobench ls presets)")] = "tiny",
     out: Annotated[
-        Path | None, typer.Option(help="run directory (default: runs/<task>__<method>__<preset>__<hash>)")
+        Path | None,
+        typer.Option(help="run directory (default: runs/<task>__<method>__<preset>__<hash>)"),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="number of test prompts to generate for")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed for the split, training and sampling")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="number of test prompts to generate for")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="seed for the split, training and sampling")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="decoding rows per batch")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="new-token cap per response")] = None,
     alphas: Annotated[
         str | None, typer.Option(help="custom preference vectors, e.g. '0.7,0.3;0.3,0.7'")
     ] = None,
-    grid: Annotated[str | None, typer.Option(help="alpha grid: simplex-0.1, mod13, corners")] = None,
-    base_model: Annotated[str | None, typer.Option(help="override the base model")] = None,
+    grid: Annotated[
+        str | None, typer.Option(help="alpha grid: simplex-0.1, mod13, corners")
+    ] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            help="override the base model (and the guide's backbone, unless --guide-model or "
+            "the preset names one)"
+        ),
+    ] = None,
     guide_model: Annotated[
-        str | None, typer.Option(help="backbone the guide is trained on (weak-to-strong)")
+        str | None,
+        typer.Option(help="backbone the guide is trained on (weak-to-strong: same tokenizer)"),
     ] = None,
     data: Annotated[str | None, typer.Option(help="data source: hub id or local file")] = None,
     dtype: Annotated[
-        str | None, typer.Option(help="auto (bf16 on GPUs and bf16-capable CPUs), float32, bfloat16")
+        str | None,
+        typer.Option(help="auto (bf16 on GPUs and bf16-capable CPUs), float32, bfloat16"),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
     set_: Annotated[
@@ -170,11 +181,42 @@ def run(
             help="print the resolved spec, what it would load, and the work; load nothing",
         ),
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: generate and score only shard i of n (by prompt); under torchrun or "
+            "accelerate launch the rank sets it"
+        ),
+    ] = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option(
+            help="spread a base model too big for one GPU: auto, balanced, sequential, or a "
+            'JSON module->device map, e.g. \'{"": "cuda:1"}\''
+        ),
+    ] = None,
+    guide_device: Annotated[
+        str | None, typer.Option(help="device for the guides (default: --device)")
+    ] = None,
+    trainer_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON of extra transformers TrainingArguments for guide training, e.g. "
+            '{"deepspeed": "ds.json"} or {"fsdp": "full_shard auto_wrap"}'
+        ),
+    ] = None,
 ) -> None:
     """Train a method's guide, generate over the alpha grid, score, and compute HV and MIP."""
     from mobench import pipeline
+    from mobench.sharding import check_device_map, resolve_shard
 
     try:
+        this_shard = resolve_shard(shard)
+        placement = pipeline.Placement(
+            device_map=_parse_device_map(device_map), guide_device=guide_device
+        )
+        check_device_map(placement.device_map, this_shard)
+        extra_training = _read_trainer_config(trainer_config)
         spec = pipeline.resolve_spec(
             task,
             method,
@@ -196,14 +238,35 @@ def run(
             _print_dry_run(pipeline.describe_run(spec), out or pipeline.default_run_dir(spec))
             return
         run_dir = out or pipeline.default_run_dir(spec)
-        err_console.print(f"run {spec.run_name} -> {run_dir}", highlight=False)
-        with RichProgress() as progress:
-            result = pipeline.execute_run(spec, run_dir, batch_size=batch_size, progress=progress)
+        where = f" (shard {this_shard})" if this_shard else ""
+        err_console.print(f"run {spec.run_name} -> {run_dir}{where}", highlight=False)
+        # one progress display per terminal: a launcher's other ranks stay quiet
+        quiet = this_shard is not None and this_shard.launched and this_shard.index != 0
+        display = contextlib.nullcontext(pipeline.NullProgress()) if quiet else RichProgress()
+        with display as progress:
+            result = pipeline.execute_run(
+                spec,
+                run_dir,
+                batch_size=batch_size,
+                progress=progress,
+                shard=this_shard,
+                placement=placement,
+                trainer_arguments=extra_training,
+            )
     except _user_errors() as e:
         _fail(str(e))
         return
     if result.generated == 0 and result.scored == 0:
         err_console.print("nothing to do: every row was already generated and scored (resumed)")
+    if result.metrics is None:
+        assert this_shard is not None
+        waiting = ", ".join(f"{i}/{this_shard.count}" for i in result.waiting_for)
+        err_console.print(
+            f"shard {this_shard} finished its rows; waiting for shard(s) {waiting}: the last shard "
+            f"to finish writes the metrics (or run `mobench score {result.run_dir}` then)",
+            highlight=False,
+        )
+        return
     _print_summary(result.metrics, result.run_dir)
 
 
@@ -309,6 +372,44 @@ def train_scorer(
     console.print(f"scorer spec: trained:{folder}", highlight=False, soft_wrap=True)
 
 
+def _parse_device_map(text: str | None) -> str | dict[str, Any] | None:
+    """``--device-map``: a placement strategy name or a JSON module -> device object."""
+    import json
+
+    if text is None:
+        return None
+    if text in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"--device-map '{text}': use auto, balanced, balanced_low_0, sequential, or a JSON "
+            'object such as \'{"": "cuda:0"}\''
+        )
+    return value
+
+
+def _read_trainer_config(path: Path | None) -> dict[str, Any]:
+    """``--trainer-config``: a JSON object of TrainingArguments fields (checked)."""
+    import json
+
+    from mobench.training import check_trainer_arguments
+
+    if path is None:
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--trainer-config {path}: cannot read a JSON object ({e})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--trainer-config {path}: expected a JSON object of TrainingArguments")
+    check_trainer_arguments(value)
+    return value
+
+
 @app.command()
 def score(
     run_dir: Annotated[Path, typer.Argument(help="a run directory made by `mobench run`")],
@@ -328,6 +429,164 @@ def score(
         _fail(str(e))
         return
     _print_summary(metrics, run_dir)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[
+        list[Path] | None, typer.Argument(help="run directories (default: every one under --runs)")
+    ] = None,
+    runs: Annotated[
+        Path | None, typer.Option(help="folder searched for run directories (default: ./runs)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="output folder for index.html and data.json")] = Path(
+        "reports/latest"
+    ),
+    bench: Annotated[
+        Path, typer.Option(help="folder of `mobench bench` results (*.json), if any")
+    ] = Path("benchmarks/results"),
+    sample_prompts: Annotated[
+        int, typer.Option(help="test prompts per table in the samples section")
+    ] = 25,
+) -> None:
+    """Build the HTML report (leaderboard, Pareto fronts, timing, samples) from run directories."""
+    from mobench.report import build_report
+
+    try:
+        if run_dirs and runs is not None:
+            raise ConfigError("give run directories or --runs DIR, not both")
+        if sample_prompts < 1:
+            raise ConfigError("--sample-prompts must be at least 1")
+        result = build_report(
+            run_dirs or [], out, runs_root=runs, bench_dir=bench, sample_prompts=sample_prompts
+        )
+    except _user_errors() as e:
+        _fail(str(e))
+        return
+    tables = ", ".join(f"{t}/{p}" for t, p in result.tables) or "none"
+    console.print(
+        f"{result.n_ranked} of {result.n_runs} runs ranked; tables: {tables}", highlight=False
+    )
+    console.print(f"report: {result.index_html}  (numbers: {result.data_json})", highlight=False)
+
+
+@app.command()
+def bench(
+    preset: Annotated[str, typer.Option(help="tiny (CPU, SmolLM2), gpu-7b (CUDA), smoke")] = "tiny",
+    out: Annotated[Path, typer.Option(help="folder for the result JSON")] = Path(
+        "benchmarks/results"
+    ),
+    dtypes: Annotated[
+        str | None, typer.Option(help="comma-separated, e.g. float32,bfloat16 (preset's)")
+    ] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="same-backbone methods, comma-separated (preset's)")
+    ] = None,
+    w2s_methods: Annotated[
+        str | None, typer.Option(help="weak-to-strong methods, comma-separated; '' for none")
+    ] = None,
+    repeats: Annotated[int | None, typer.Option(help="timed repeats (preset's)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="rows per batch (preset's)")] = None,
+    reference_prompts: Annotated[
+        int | None, typer.Option(help="prompts the reference loop decodes (preset's)")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (preset's)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads")] = None,
+) -> None:
+    """Time mobench's guided decoding against plain decoding and the reference loop."""
+    import dataclasses
+
+    from mobench.bench import BENCH_PRESETS, run_bench, torch_threads
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(n.strip() for n in text.split(",") if n.strip())
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model copy otherwise
+    try:
+        if preset not in BENCH_PRESETS:
+            raise ConfigError(
+                f"unknown bench preset '{preset}'; known: {', '.join(sorted(BENCH_PRESETS))}"
+            )
+        overrides: dict[str, Any] = {
+            "dtypes": names(dtypes) if dtypes is not None else None,
+            "methods": names(methods) if methods is not None else None,
+            "w2s_methods": names(w2s_methods) if w2s_methods is not None else None,
+            "repeats": repeats,
+            "batch_size": batch_size,
+            "reference_prompts": reference_prompts,
+            "device": device,
+        }
+        chosen = dataclasses.replace(
+            BENCH_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}
+        )
+        with torch_threads(threads):
+            result = run_bench(chosen, out, log=lambda m: err_console.print(m, highlight=False))
+    except _user_errors() as e:
+        _fail(str(e))
+        return
+    _print_bench(result)
+
+
+def _print_bench(result: dict[str, Any]) -> None:
+    table = Table(title=f"mobench bench {result['preset']} ({result['device']})")
+    for column in (
+        "config",
+        "dtype",
+        "median s",
+        "tok/s",
+        "s/512 tok",
+        "b/a",
+        "c/b",
+        "agree",
+        "mem MB",
+        "mem/base",
+    ):
+        table.add_column(column, justify="left" if column in ("config", "dtype") else "right")
+
+    def fmt(value: Any, spec: str = ".2f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    for dtype, base in result["base"].items():
+        table.add_row(
+            "base",
+            dtype,
+            fmt(base["median_s"]),
+            fmt(base["tokens_per_s"], ".0f"),
+            fmt(base["s_per_512_tokens"], ".3f"),
+            "1.00",
+            "",
+            "",
+            fmt(base["peak_memory_mb"], ".0f"),
+            "1.00",
+        )
+        for e in (r for r in result["results"] if r["dtype"] == dtype):
+            ref = e["reference"]
+            table.add_row(
+                e["config"],
+                dtype,
+                fmt(e["median_s"]),
+                fmt(e["tokens_per_s"], ".0f"),
+                fmt(e["s_per_512_tokens"], ".3f"),
+                fmt(e["guided_unguided_ratio"]),
+                fmt(ref["reference_over_mobench"], ".1f"),
+                fmt(ref["token_agreement"], ".3f"),
+                fmt(e["peak_memory_mb"], ".0f"),
+                fmt(e["memory_over_base"]),
+            )
+    console.print(table)
+    missed = [t for t in result["targets"] if t["met"] is False]
+    for t in missed:
+        console.print(
+            f"target missed: {t['target']} = {t['value']} ({t['limit']}; {t['miss']})",
+            highlight=False,
+        )
+    met = len(result["targets"]) - len(missed)
+    console.print(
+        f"{met} of {len(result['targets'])} targets met; results: {result.get('path')}",
+        highlight=False,
+    )
 
 
 @app.command("ls")

@@ -193,7 +193,9 @@ def alpha_grid(name: str, k: int) -> np.ndarray:
         return np.asarray(rows, dtype=np.float64)
     if name == "mod13":
         if k != 3:
-            raise ConfigError(f"grid 'mod13' is for 3 objectives, this task has {k}; use simplex-0.1")
+            raise ConfigError(
+                f"grid 'mod13' is for 3 objectives, this task has {k}; use simplex-0.1"
+            )
         return np.asarray(MOD_13, dtype=np.float64)
     if name == "corners":
         return np.eye(k, dtype=np.float64)
@@ -206,7 +208,6 @@ def parse_alphas(text: str, objectives: tuple[str, ...]) -> np.ndarray:
     Raises:
         ConfigError: wrong dimension, negative weights, or rows that do not sum to 1.
     """
-    k = len(objectives)
     rows = []
     for chunk in text.replace(" ", "").split(";"):
         if not chunk:
@@ -220,7 +221,7 @@ def parse_alphas(text: str, objectives: tuple[str, ...]) -> np.ndarray:
         rows.append(row)
     if not rows:
         raise ConfigError("no alpha vectors given; e.g. --alphas '0.7,0.3;0.3,0.7'")
-    return validate_alphas(np.asarray(rows, dtype=object), objectives)
+    return validate_alphas(rows, objectives)
 
 
 def validate_alphas(alphas: Any, objectives: tuple[str, ...]) -> np.ndarray:
@@ -239,8 +240,10 @@ def validate_alphas(alphas: Any, objectives: tuple[str, ...]) -> np.ndarray:
         raise ConfigError(f"alpha weights must be >= 0 (objectives: {names})")
     bad = np.abs(arr.sum(axis=1) - 1.0) > 1e-6
     if bad.any():
-        row = tuple(arr[int(np.argmax(bad))])
-        raise ConfigError(f"alpha {row} sums to {sum(row):g}; each vector must sum to 1")
+        first = arr[int(np.argmax(bad))]
+        raise ConfigError(
+            f"alpha {tuple(first.tolist())} sums to {first.sum():g}; each vector must sum to 1"
+        )
     return arr
 
 

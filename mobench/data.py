@@ -140,7 +140,9 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}: row {i}: not valid JSON ({e.msg})") from None
                 if not isinstance(rec, dict):
-                    raise DataError(f"{path}: row {i}: expected a JSON object, got {type(rec).__name__}")
+                    raise DataError(
+                        f"{path}: row {i}: expected a JSON object, got {type(rec).__name__}"
+                    )
                 yield i, rec
         elif stem.endswith(".json"):
             try:
@@ -150,11 +152,15 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if isinstance(data, dict):  # {"data": [...]} or {"train": [...]} wrappers
                 lists = [v for v in data.values() if isinstance(v, list)]
                 if len(lists) != 1:
-                    raise DataError(f"{path}: expected a JSON list of rows (or one list inside an object)")
+                    raise DataError(
+                        f"{path}: expected a JSON list of rows (or one list inside an object)"
+                    )
                 data = lists[0]
             for i, rec in enumerate(data, start=1):
                 if not isinstance(rec, dict):
-                    raise DataError(f"{path}: row {i}: expected a JSON object, got {type(rec).__name__}")
+                    raise DataError(
+                        f"{path}: row {i}: expected a JSON object, got {type(rec).__name__}"
+                    )
                 yield i, rec
         else:
             raise DataError(f"{path}: unknown file type; use .json, .jsonl, .jsonl.gz or .parquet")
@@ -170,9 +176,7 @@ def require_fields(path: str | Path, row: int, rec: dict[str, Any], fields: Sequ
         )
 
 
-def seeded_split(
-    rows: Sequence[PreferencePair], sizes: tuple[int, int, int], seed: int
-) -> Splits:
+def seeded_split(rows: Sequence[PreferencePair], sizes: tuple[int, int, int], seed: int) -> Splits:
     """Shuffle with ``seed`` and cut into (train, validation, test) of the given sizes.
 
     Sizes larger than the data are reduced in the order test, validation, train are kept:

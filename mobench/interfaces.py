@@ -19,7 +19,7 @@ from mobench.data import Conversation, Splits
 if TYPE_CHECKING:
     import torch
 
-    from mobench.config import Preset, RunSpec
+    from mobench.config import RunSpec
     from mobench.models import ModelContext
 
 
@@ -51,8 +51,11 @@ class Guide(ABC):
     """
 
     #: per generated token, how many forward passes each model makes (e.g.
-    #: ``{"guide": 2}`` for GenARM with two ARMs); recorded in timing.json.
+    #: ``{"guide": 2}`` for GenARM with two separate ARMs); recorded in timing.json.
     forwards_per_token: dict[str, int]
+    #: rows per batch row in each of those forwards (e.g. 2 when GenARM's two ARMs run as two
+    #: lanes of one forward of a shared backbone); recorded in timing.json as ``guide_lanes``.
+    lanes: int = 1
 
     @abstractmethod
     def prefill(self, prompt_ids: list[list[int]], alphas: torch.Tensor) -> torch.Tensor:
@@ -67,6 +70,38 @@ class Guide(ABC):
     @abstractmethod
     def step(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Feed the tokens just chosen, ``(B,)``, and return the next guidance ``(B, V)``."""
+
+    @abstractmethod
+    def drop(self, keep: torch.Tensor) -> None:
+        """Keep only the rows at the indices ``keep`` (a 1-D long tensor), in that order."""
+
+
+class FusedGuide(ABC):
+    """A guide that shares the base model's own weights and runs the base rows in the same
+    forward as its guide rows (ARCHITECTURE "Performance design": one read of the weights per
+    token, one copy of the backbone in memory).
+
+    The decoding loop then runs no base model of its own: each call returns the base log-probs
+    and the guidance, and the loop combines them exactly as for a :class:`Guide`
+    (``base + guidance / beta``). A method returns one when the guide model is the base model
+    (``ModelContext.fused``); with a different guide model it returns a plain :class:`Guide`.
+    """
+
+    #: as :attr:`Guide.forwards_per_token`; the fused forward is counted under "fused".
+    forwards_per_token: dict[str, int]
+    #: rows per batch row in the fused forward (e.g. 1 + k for the base and k ARMs).
+    lanes: int
+
+    @abstractmethod
+    def prefill(
+        self, prompt_ids: list[list[int]], guide_prompt_ids: list[list[int]], alphas: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode the prompts (base template and guide template) and return ``(base log-probs,
+        guidance)`` for the first new token, each ``(B, V)`` fp32."""
+
+    @abstractmethod
+    def step(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed the tokens just chosen, ``(B,)``; return the next ``(base log-probs, guidance)``."""
 
     @abstractmethod
     def drop(self, keep: torch.Tensor) -> None:
@@ -99,7 +134,8 @@ class Task(ABC):
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         """Raise :class:`~mobench.config.ConfigError` for a bad value in the task's options
-        (``options`` already holds every key of ``default_options``)."""
+        (``options`` already holds every key of ``default_options``). Default: any value."""
+        return None
 
     def describe_data(self, spec: RunSpec) -> dict[str, Any]:
         """What :meth:`load` would read and do, WITHOUT reading it (``mobench run --dry-run``)."""
@@ -159,8 +195,9 @@ class Method(ABC):
         safetensors, a config recording the objective order) into ``out_dir``."""
 
     @abstractmethod
-    def guide(self, artifacts: Path, task: Task, models: ModelContext) -> Guide:
-        """Load the trained guide from ``artifacts`` for decoding with ``models``."""
+    def guide(self, artifacts: Path, task: Task, models: ModelContext) -> Guide | FusedGuide:
+        """Load the trained guide from ``artifacts`` for decoding with ``models``: a
+        :class:`FusedGuide` on ``models.base`` when ``models.fused``, else a :class:`Guide`."""
 
     @abstractmethod
     def trainable_parameters(self, artifacts: Path) -> int:
@@ -171,3 +208,9 @@ class Method(ABC):
         """Forward passes per generated token by model ("base", "guide", ...), when known
         without loading anything (``mobench run --dry-run`` uses it); None = unknown."""
         return None
+
+    def random_guide(self, task: Task, models: ModelContext, out_dir: Path, seed: int) -> None:
+        """Save, like :meth:`train`, a guide with the trained shapes but random weights (every
+        adapter's output non-zero), for ``mobench bench``: decoding cost does not depend on
+        training. Methods that do not implement it are left out of the benchmark."""
+        raise NotImplementedError(f"method {self.name} has no random_guide (mobench bench)")

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MOBENCH_CACHE", Path.home() / ".cache" / "mobench"))
 
 
+def guide_cache_dir() -> Path:
+    """Where trained guides are cached across runs: ``$MOBENCH_GUIDE_CACHE`` or <cache>/guides."""
+    return Path(os.environ.get("MOBENCH_GUIDE_CACHE", cache_dir() / "guides"))
+
+
+def source_fingerprint(source: str) -> str:
+    """A model source string, plus size and mtime of its weights when it is a local folder (the
+    same path with other weights must not hit a cached guide)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        stats = sorted(
+            (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.glob("*.safetensors")
+        )
+        return f"{path.resolve()}|{stats}"
+    return source
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """Where a model source was found: ``location`` is what ``from_pretrained`` gets."""
@@ -86,7 +104,7 @@ def resolve_model_source(source: str) -> ResolvedModel:
     return ResolvedModel(source, source, "hub")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolve_packaged(alias: str, pm: PackagedModel) -> ResolvedModel:
     if _hub_snapshot_available(pm.hub_id):
         return ResolvedModel(alias, pm.hub_id, "hub")
@@ -130,7 +148,7 @@ def convert_gguf(gguf: Path) -> Path:
     )
     # A GGUF-loaded model keeps its quantizer and refuses save/train (OFFLINE.md §2a);
     # the weights are already dequantized to fp32, so dropping it is exact.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -148,11 +166,13 @@ def convert_gguf(gguf: Path) -> Path:
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when available, else "cpu"."""
+    """ "auto" -> "cuda" when available, else "cpu"."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device '{device}' asked for but no CUDA GPU is visible; use --device cpu")
+        raise ModelError(
+            f"device '{device}' asked for but no CUDA GPU is visible; use --device cpu"
+        )
     return device
 
 
@@ -166,7 +186,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """"auto" -> bfloat16 on GPUs and on CPUs with native bf16, else float32."""
+    """ "auto" -> bfloat16 on GPUs and on CPUs with native bf16, else float32."""
     if dtype == "auto":
         if device.startswith("cuda") or cpu_has_native_bf16():
             return "bfloat16"
@@ -210,7 +230,9 @@ def load_causal_lm(
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype(dtype),
         "trust_remote_code": trust_remote_code,
-        "use_safetensors": resolved.origin != "hub" or None,
+        # local weights must be safetensors; for hub ids transformers prefers safetensors and
+        # reads a legacy .bin only with torch.load(weights_only=True)
+        "use_safetensors": True if resolved.origin != "hub" else None,
     }
     if device_map is not None:
         kwargs["device_map"] = device_map
@@ -219,7 +241,7 @@ def load_causal_lm(
     except OSError as e:
         raise ModelError(f"cannot load model '{source}' from {resolved.location}: {e}") from None
     if device_map is None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
     model.requires_grad_(False)
     return model, resolved
@@ -229,7 +251,11 @@ def shared_vocab_size(base_tokenizer: Any, guide_tokenizer: Any, names: tuple[st
     """Check that two tokenizers agree on every shared token id; return the shared size.
 
     Guidance adds log-probs id by id, so base and guide must give each id the same token
-    (METHODS §10.4). Logits are cut to the shared range, as the reference code does.
+    (METHODS §10.4). Logits are cut to the shared range, as the reference code does; tokens past
+    it (e.g. a pad token one tokenizer appends) can then never be generated.
+
+    Raises:
+        ModelError: some id in the shared range maps to different tokens, naming both models.
     """
     n = min(len(base_tokenizer), len(guide_tokenizer))
     if base_tokenizer is guide_tokenizer:
@@ -241,12 +267,27 @@ def shared_vocab_size(base_tokenizer: Any, guide_tokenizer: Any, names: tuple[st
         first = next(i for i in ids if a[i] != b[i])
         raise ModelError(
             f"tokenizers of base '{names[0]}' and guide '{names[1]}' differ (token id {first}: "
-            f"{a[first]!r} vs {b[first]!r}); guidance needs one shared vocabulary: pick a guide "
-            "model from the base model's family"
+            f"{a[first]!r} vs {b[first]!r}); guidance adds log-probs token id by token id, so "
+            "both models need one vocabulary: pass a --guide-model of the base model's family "
+            "(same tokenizer), or omit --guide-model to train the guide on the base model"
+        )
+    if len(base_tokenizer) != len(guide_tokenizer):
+        log.warning(
+            "base '%s' has %d tokens and guide '%s' %d; decoding uses the %d ids they share",
+            names[0],
+            len(base_tokenizer),
+            names[1],
+            len(guide_tokenizer),
+            n,
         )
     if base_tokenizer.eos_token_id != guide_tokenizer.eos_token_id:
         log.warning("base and guide tokenizers use different EOS ids; decoding stops on the base's")
     return n
+
+
+def logit_rows(model: Any) -> int:
+    """Rows of a causal LM's output layer (may exceed its tokenizer: padded embeddings)."""
+    return int(model.get_output_embeddings().weight.shape[0])
 
 
 @dataclass
@@ -259,6 +300,11 @@ class ModelContext:
         base_source / guide_source: model source strings (guide backbone for training/loading).
         vocab_size: the shared vocabulary; every log-prob tensor has this many columns.
         dtype / device: what models are loaded with.
+        fuse: let guides share the base model's weights and forward (a :class:`FusedGuide`)
+            when the guide model is the base model; False keeps every model separate (the
+            reference cost structure, and the equality tests' other side).
+        guide_loader: builds a guide backbone in-process instead of loading ``guide_source``
+            (the benchmark's randomly initialised models); None loads the source.
     """
 
     base: Any
@@ -270,14 +316,30 @@ class ModelContext:
     dtype: str
     device: str
     resolved: dict[str, ResolvedModel] = field(default_factory=dict)
+    fuse: bool = True
+    guide_loader: Callable[[], Any] | None = None
 
     @property
     def same_backbone(self) -> bool:
         return self.guide_source == self.base_source
 
+    @property
+    def fused(self) -> bool:
+        """Whether guides should run on ``base`` itself, in the base model's forward."""
+        return self.fuse and self.same_backbone
+
     def load_guide_backbone(self) -> Any:
         """A fresh frozen copy of the guide backbone (separate from ``base``)."""
+        if self.guide_loader is not None:
+            return self.guide_loader()
         model, resolved = load_causal_lm(self.guide_source, dtype=self.dtype, device=self.device)
+        if logit_rows(model) < self.vocab_size:
+            raise ModelError(
+                f"guide '{self.guide_source}' has {logit_rows(model)} output logits but the "
+                f"vocabulary shared with base '{self.base_source}' has {self.vocab_size} tokens; "
+                "its tokenizer has tokens its LM head cannot score: resize the guide's embeddings "
+                "to its tokenizer or pick another guide model"
+            )
         self.resolved["guide"] = resolved
         return model
 

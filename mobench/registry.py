@@ -75,6 +75,9 @@ METHODS: Registry[type[Method]] = Registry(
     "mobench.methods",
     {
         "genarm": "mobench.methods.genarm",
+        "parm": "mobench.methods.parm",
+        "uniarm": "mobench.methods.uniarm",
+        "mod_w2s": "mobench.methods.mod_w2s",
     },
 )
 

@@ -10,12 +10,21 @@ per-objective beta_r and a preference vector drawn per micro-batch (METHODS §4.
 DPOTrainer's loss cannot express. :class:`PreferenceTrainer` therefore subclasses
 ``transformers.Trainer`` (what trl builds on) and overrides only the loss, so accelerate,
 multi-GPU/DeepSpeed/FSDP, schedulers and logging come unchanged.
+
+Several processes (``torchrun`` / ``accelerate launch``): the config's batch is the GLOBAL batch
+(``per_device_batch_size x gradient_accumulation_steps`` pairs per update on any number of
+processes); :func:`data_parallel_batches` splits it, so one spec gives the same updates on one
+process or many, up to floating-point noise.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +67,11 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     one (chat templates may already contain it: METHODS §10.6, double BOS)."""
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     bos = tokenizer.bos_token_id
-    if bos is not None and getattr(tokenizer, "add_bos_token", False) and (not ids or ids[0] != bos):
+    if (
+        bos is not None
+        and getattr(tokenizer, "add_bos_token", False)
+        and (not ids or ids[0] != bos)
+    ):
         ids = [bos, *ids]
     return ids
 
@@ -79,7 +92,7 @@ def tokenize_pairs(
         prompt = encode_prompt(tokenizer, render(pair))[-config.max_prompt_length :]
         budget = max(1, config.max_length - len(prompt))
         responses = tuple(
-            (list(tokenizer(r, add_special_tokens=False)["input_ids"]) + [eos])[:budget]
+            [*tokenizer(r, add_special_tokens=False)["input_ids"], eos][:budget]
             for r in pair.responses
         )
         labels = [pair.labels.get(o, -1) for o in objectives]
@@ -122,14 +135,52 @@ def collate_pairs(pad_token_id: int) -> Callable[[list[TokenizedPair]], dict[str
     return collate
 
 
+class SequenceLogProbs(torch.nn.Module):
+    """A causal LM whose forward is :func:`sequence_logprobs`: what :func:`train_pairs` hands to
+    the Trainer.
+
+    Why: data-parallel wrappers (DDP, FSDP, DeepSpeed) synchronise gradients only for work that
+    runs through the wrapped module's ``forward``, and :func:`sequence_logprobs` calls the LM's
+    body and head directly (to keep the head off prompt positions). Wrapping the LM in this
+    module puts that work inside ``forward``; ``sequence_logprobs`` given this module (or a
+    wrapper around it) calls it, so a method's loss code is the same on one process or many.
+    """
+
+    def __init__(self, lm: Any) -> None:
+        super().__init__()
+        self.lm = lm
+        # FSDP's default auto-wrap policy reads the model's unsplittable block classes
+        self._no_split_modules = getattr(lm, "_no_split_modules", None)
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        """What ``TrainingArguments(gradient_checkpointing=True)`` calls: the LM's own."""
+        self.lm.gradient_checkpointing_enable(**kwargs)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return _sequence_logprobs(self.lm, input_ids, attention_mask, loss_mask)
+
+
 def sequence_logprobs(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
 ) -> torch.Tensor:
     """S(x, y) per row: the sum of log pi(y_t | x, y_<t) over positions where loss_mask is set.
 
+    ``model`` is a causal LM (or peft model), or the model a ``pair_loss`` receives during
+    :func:`train_pairs` (a :class:`SequenceLogProbs`, possibly inside DDP/FSDP/DeepSpeed).
+
     The LM head and the fp32 log-softmax run only at response positions: with a 50k-token
     vocabulary, the full (rows x length x vocab) log-softmax dominated a CPU training step.
     """
+    if isinstance(getattr(model, "module", model), SequenceLogProbs):
+        return model(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask)
+    return _sequence_logprobs(model, input_ids, attention_mask, loss_mask)
+
+
+def _sequence_logprobs(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+) -> torch.Tensor:
     from mobench.decoding import backbone_and_head
 
     backbone, head = backbone_and_head(model)
@@ -165,8 +216,143 @@ def bradley_terry_loss(
     return losses[valid].mean(), valid.sum()
 
 
-#: computes the scalar loss of one micro-batch: (model, batch, step index) -> (loss, logs)
+#: computes the scalar loss of one micro-batch: (model, batch, micro-batch index) -> (loss, logs).
+#: The model is for :func:`sequence_logprobs`; keep other state (e.g. a preference context)
+#: outside it. The index is that of the single-process micro-batch (of the config's
+#: ``per_device_batch_size`` pairs) holding these pairs, whatever the number of processes: a
+#: method that draws randomness from (seed, index) draws the same for the same pairs on 1 or N
+#: processes (one process: 0, 1, 2, ...).
 PairLoss = Callable[[Any, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]]
+
+#: TrainingArguments fields that change what is learned: the method config (the spec) owns
+#: them, so ``--trainer-config`` may not set them.
+SPEC_TRAINING_ARGUMENTS = frozenset(
+    {
+        "optim",
+        "optim_args",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "max_grad_norm",
+        "warmup_ratio",
+        "lr_scheduler_kwargs",
+        "label_smoothing_factor",
+        "output_dir",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "learning_rate",
+        "lr_scheduler_type",
+        "warmup_steps",
+        "weight_decay",
+        "num_train_epochs",
+        "max_steps",
+        "seed",
+        "data_seed",
+        "bf16",
+        "fp16",
+        "use_cpu",
+        "remove_unused_columns",
+    }
+)
+
+_TRAINER_ARGUMENTS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "mobench_trainer_arguments", default=None
+)
+
+
+@contextlib.contextmanager
+def trainer_arguments(overrides: dict[str, Any]) -> Iterator[None]:
+    """Within the block, every :func:`train_pairs` passes ``overrides`` to TrainingArguments.
+
+    For infrastructure, not results: ``deepspeed`` (a DeepSpeed JSON path), ``fsdp`` and
+    ``fsdp_config``, ``gradient_checkpointing``, ``ddp_backend``, ``report_to``, ... The
+    pipeline sets it from ``mobench run --trainer-config FILE``; methods need not know.
+
+    Raises:
+        ConfigError: an unknown TrainingArguments field, or one the spec owns
+            (:data:`SPEC_TRAINING_ARGUMENTS`: set those with ``--set method.X=V``).
+    """
+    check_trainer_arguments(overrides)
+    token = _TRAINER_ARGUMENTS.set(dict(overrides))
+    try:
+        yield
+    finally:
+        _TRAINER_ARGUMENTS.reset(token)
+
+
+def current_trainer_arguments() -> dict[str, Any]:
+    """The TrainingArguments overrides in effect (see :func:`trainer_arguments`)."""
+    return dict(_TRAINER_ARGUMENTS.get() or {})
+
+
+def check_trainer_arguments(overrides: dict[str, Any]) -> None:
+    """Refuse unknown TrainingArguments fields and the ones the spec owns (one-line errors)."""
+    if not overrides:
+        return
+    from transformers import TrainingArguments
+
+    from mobench.config import ConfigError
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(
+            f"--trainer-config: unknown TrainingArguments field(s) {', '.join(unknown)}"
+        )
+    owned = sorted(set(overrides) & SPEC_TRAINING_ARGUMENTS)
+    if owned:
+        raise ConfigError(
+            f"--trainer-config sets {', '.join(owned)}, which changes what is learned; such "
+            "settings belong to the spec: use --set method.<field>=<value> where the method has one"
+        )
+
+
+def launched_processes() -> int:
+    """How many processes train together: ``WORLD_SIZE`` as torchrun / accelerate launch set it
+    (1 outside a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def data_parallel_batches(config: ARMTrainingConfig, processes: int) -> tuple[int, int]:
+    """``(per-device batch, accumulation steps)`` that keep the config's global batch
+    (``per_device_batch_size x gradient_accumulation_steps`` pairs) on ``processes`` processes.
+
+    Each update then sees the same pairs as on one process (the data order is shared and cut
+    into consecutive global batches). The accumulation steps are divided when they can be (the
+    micro-batches stay the same); otherwise the per-device batch shrinks to the largest size
+    that divides both itself and a process's share, so each new micro-batch lies inside one
+    single-process micro-batch (and a method's per-micro-batch draws stay the same, PairLoss).
+
+    Raises:
+        ConfigError: the global batch does not split evenly over ``processes``.
+    """
+    from mobench.config import ConfigError
+
+    per_device, accum = config.per_device_batch_size, config.gradient_accumulation_steps
+    if processes <= 1:
+        return per_device, accum
+    if accum % processes == 0:
+        return per_device, accum // processes
+    total = per_device * accum
+    if total % processes:
+        raise ConfigError(
+            f"a global batch of {total} pairs ({per_device} x {accum}) cannot be split evenly "
+            f"over {processes} processes; make method.per_device_batch_size x "
+            f"method.gradient_accumulation_steps a multiple of {processes}"
+        )
+    share = total // processes
+    batch = math.gcd(per_device, share)
+    return batch, share // batch
+
+
+def single_process_micro_batch(step: int, rank: int, processes: int, parts: int) -> int:
+    """The single-process micro-batch that holds rank ``rank``'s ``step``-th micro-batch.
+
+    The processes share one data order cut into per-device batches, dealt round-robin (batch
+    ``step * processes + rank``); ``parts`` of them make one single-process micro-batch
+    (:func:`data_parallel_batches` keeps that a whole number).
+    """
+    return (step * processes + rank) // parts
 
 
 def _trainer_class() -> type:
@@ -175,10 +361,14 @@ def _trainer_class() -> type:
     class PreferenceTrainer(Trainer):
         """``transformers.Trainer`` whose loss is a method's pairwise preference loss."""
 
-        def __init__(self, *args: Any, pair_loss: PairLoss, **kwargs: Any) -> None:
+        def __init__(
+            self, *args: Any, pair_loss: PairLoss, parts_per_micro_batch: int = 1, **kwargs: Any
+        ) -> None:
             super().__init__(*args, **kwargs)
             self.pair_loss = pair_loss
-            self.micro_step = 0
+            self.micro_step = 0  # on this process
+            # how many of this run's per-device batches make one single-process micro-batch
+            self.parts_per_micro_batch = parts_per_micro_batch
             self.loss_history: list[float] = []
 
         def compute_loss(
@@ -188,12 +378,35 @@ def _trainer_class() -> type:
             return_outputs: bool = False,
             num_items_in_batch: Any = None,
         ) -> Any:
-            loss, logs = self.pair_loss(model, inputs, self.micro_step)
+            index = single_process_micro_batch(
+                self.micro_step,
+                self.args.process_index,
+                self.args.world_size,
+                self.parts_per_micro_batch,
+            )
+            loss, logs = self.pair_loss(model, inputs, index)
             self.micro_step += 1
             self.loss_history.append(float(loss.detach()))
             return (loss, logs) if return_outputs else loss
 
     return PreferenceTrainer
+
+
+#: Called with (updates done, total updates) after each optimiser step of any training run in
+#: this context; the pipeline sets it to draw a progress bar without methods knowing about it.
+_PROGRESS_HOOK: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar(
+    "mobench_training_progress", default=None
+)
+
+
+@contextlib.contextmanager
+def report_training_progress(hook: Callable[[int, int], None]) -> Iterator[None]:
+    """Within this block, every :func:`train_pairs` call reports its updates to ``hook``."""
+    token = _PROGRESS_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _PROGRESS_HOOK.reset(token)
 
 
 @dataclass
@@ -218,17 +431,24 @@ def train_pairs(
     """Train ``model``'s trainable parameters on ``pairs`` with ``pair_loss``.
 
     Runs under ``transformers.Trainer``: on one CPU, one GPU, or under ``accelerate launch`` /
-    ``torchrun`` with several processes (the global batch is then split across them).
+    ``torchrun`` with several processes, data parallel with the same global batch (see
+    :func:`data_parallel_batches`); DeepSpeed / FSDP come from the launcher's accelerate config
+    or from :func:`trainer_arguments`. The returned losses are averaged over processes: the loss
+    of each global update, as one process would report it.
     """
     from transformers import TrainingArguments
 
     if not pairs:
-        raise ValueError("no training pairs: the train split is empty (check --limit / split sizes)")
+        raise ValueError(
+            "no training pairs: the train split is empty (check --limit / split sizes)"
+        )
     use_cpu = next(model.parameters()).device.type == "cpu"
-    args = TrainingArguments(
+    processes = launched_processes()
+    per_device, accum = data_parallel_batches(config, processes)
+    settings: dict[str, Any] = dict(
         output_dir=output_dir,
-        per_device_train_batch_size=config.per_device_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accum,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler_type,
         warmup_steps=config.warmup_steps,
@@ -246,21 +466,41 @@ def train_pairs(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+    settings.update(current_trainer_arguments())  # checked: never a spec-owned field
+    args = TrainingArguments(**settings)
+    if args.world_size != processes:
+        raise RuntimeError(
+            f"the Trainer sees {args.world_size} processes but WORLD_SIZE is {processes}; launch "
+            "with torchrun or accelerate launch (they set WORLD_SIZE), not mpirun"
+        )
+    callbacks = list(callbacks or [])
+    hook = _PROGRESS_HOOK.get()
+    if hook is not None:
+        callbacks.append(update_progress_callback(hook))
     trainer_cls = _trainer_class()
     trainer = trainer_cls(
-        model=model,
+        model=SequenceLogProbs(model),
         args=args,
         train_dataset=PairDataset(pairs),
         data_collator=collate_pairs(pad_token_id),
         pair_loss=pair_loss,
+        parts_per_micro_batch=config.per_device_batch_size // per_device,
         callbacks=callbacks,
     )
+    # with tqdm disabled the Trainer prints every log dict to stdout; mobench draws its own
+    # progress bar and keeps the losses (guide_config.json), so drop that printer
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
     trainer.train()
     losses = trainer.loss_history
-    accum = config.gradient_accumulation_steps
+    if args.world_size > 1:
+        local = torch.tensor(losses, dtype=torch.float64, device=args.device)
+        losses = trainer.accelerator.reduce(local, reduction="mean").tolist()
     # per optimiser update: the mean loss of its micro-batches
     per_update = [
-        sum(losses[i : i + accum]) / len(losses[i : i + accum]) for i in range(0, len(losses), accum)
+        sum(losses[i : i + accum]) / len(losses[i : i + accum])
+        for i in range(0, len(losses), accum)
     ]
     return TrainResult(
         steps=int(trainer.state.global_step),
@@ -270,11 +510,19 @@ def train_pairs(
     )
 
 
+def progress_callbacks() -> list[Any]:
+    """TrainerCallbacks that report to the hook of :func:`report_training_progress`, if one is
+    set; for trainers a method builds itself (e.g. trl's ``DPOTrainer``) instead of
+    :func:`train_pairs`."""
+    hook = _PROGRESS_HOOK.get()
+    return [update_progress_callback(hook)] if hook is not None else []
+
+
 def update_progress_callback(on_update: Callable[[int, int], None]) -> Any:
     """A TrainerCallback that reports (updates done, total updates) after each optimiser step."""
     from transformers import TrainerCallback
 
-    class _Progress(TrainerCallback):  # type: ignore[misc]
+    class _Progress(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             on_update(int(state.global_step), int(state.max_steps))
 

@@ -48,6 +48,30 @@ LOCAL_FOLDER = "pku-saferlhf"
 _SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".parquet")
 
 
+def read_pku_source(data: str) -> tuple[list[PreferencePair], dict[str, Any]]:
+    """The rows of a PKU-SafeRLHF data string (before any preparation), and where they came
+    from."""
+    source = parse_data_string(data, SafetyTask.source_options)
+    if source.kind == "hub":
+        split = source.options.get("split", "train")
+        records = load_hub_rows(source, split=split, name=source.options.get("config"))
+        where = f"{source.location}[{split}]"
+        rows = [pku_record_to_pair(rec, i, where) for i, rec in enumerate(records, start=1)]
+        return rows, {"source": data, "kind": "hub", "split": split}
+    if source.options:
+        raise DataError(
+            f"data '{data}': ?{', '.join(source.options)} applies to hub data sets only"
+        )
+    if source.path.is_dir():
+        raise DataError(f"{source.path} is a folder; pass one PKU-SafeRLHF file")
+    return load_pku_file(source.path), {"source": data, "kind": source.kind}
+
+
+def load_pku_source(data: str) -> list[PreferencePair]:
+    """The rows of a PKU-SafeRLHF data string: a hub id, a local file or ``builtin:NAME``."""
+    return read_pku_source(data)[0]
+
+
 @register_task("safety")
 class SafetyTask(PreferenceTask):
     """PKU-SafeRLHF safety alignment: helpful vs harmless."""
@@ -57,20 +81,7 @@ class SafetyTask(PreferenceTask):
     source_options = ("split", "config")
 
     def read_rows(self, spec: RunSpec) -> tuple[list[PreferencePair], dict[str, Any]]:
-        source = parse_data_string(spec.data, self.source_options)
-        if source.kind == "hub":
-            split = source.options.get("split", "train")
-            records = load_hub_rows(source, split=split, name=source.options.get("config"))
-            where = f"{source.location}[{split}]"
-            rows = [pku_record_to_pair(rec, i, where) for i, rec in enumerate(records, start=1)]
-            return rows, {"source": spec.data, "kind": "hub", "split": split}
-        if source.options:
-            raise DataError(
-                f"data '{spec.data}': ?{', '.join(source.options)} applies to hub data sets only"
-            )
-        if source.path.is_dir():
-            raise DataError(f"{source.path} is a folder; pass one PKU-SafeRLHF file")
-        return load_pku_file(source.path), {"source": spec.data, "kind": source.kind}
+        return read_pku_source(spec.data)
 
     @classmethod
     def local_data(cls, data_dir: Path, data: str) -> str:

@@ -114,9 +114,13 @@ class YesNoJudgeScorer(Scorer):
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
-                ids, mask = left_pad([encoded[i] for i in idx], self.tokenizer.pad_token_id, head.weight.device)
+                ids, mask = left_pad(
+                    [encoded[i] for i in idx], self.tokenizer.pad_token_id, head.weight.device
+                )
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                h = backbone(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+                h = backbone(
+                    input_ids=ids, attention_mask=mask, position_ids=positions
+                ).last_hidden_state
                 logp = torch.log_softmax(head(h[:, -1, :]).float(), dim=-1)
                 yes = torch.logsumexp(logp[:, self.yes_ids], dim=-1)
                 no = torch.logsumexp(logp[:, self.no_ids], dim=-1)

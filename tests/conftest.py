@@ -12,6 +12,7 @@ the network, no hub), and a ``unit`` preset of the safety task that runs in seco
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models gain nothing from intra-op threads, and on a shared machine OpenMP's spinning
+# threads make every op 10-20x slower (measured: 165 ms vs 7.5 ms per tiny forward).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Guides trained by tests never land in (or come from) the user's cache.
+os.environ["MOBENCH_GUIDE_CACHE"] = tempfile.mkdtemp(prefix="mobench-test-guides-")
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 CHATML = (
@@ -39,11 +45,15 @@ CORPUS = [
 ] * 20
 
 SHARED_DATA = Path(
-    os.environ.get("MOBENCH_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    os.environ.get(
+        "MOBENCH_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    )
 )
 
 
-def build_tokenizer() -> Any:
+def build_tokenizer(corpus: list[str] | None = None) -> Any:
+    """A byte-level BPE trained on ``corpus`` (default: :data:`CORPUS`); another corpus gives
+    another vocabulary (a tokenizer that weak-to-strong guidance must refuse)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -51,9 +61,11 @@ def build_tokenizer() -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=400,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(CORPUS if corpus is None else corpus, trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|im_start|>",
@@ -66,7 +78,11 @@ def build_tokenizer() -> Any:
     return fast
 
 
-def build_llama(tokenizer: Any, hidden: int = 64, layers: int = 2, seed: int = 0) -> Any:
+def build_llama(
+    tokenizer: Any, hidden: int = 64, layers: int = 2, seed: int = 0, vocab_size: int | None = None
+) -> Any:
+    """A random tiny Llama; ``vocab_size`` (default: the tokenizer's size) sets the rows of its
+    embeddings and LM head, e.g. more than the tokenizer has, as padded real models do."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -77,7 +93,7 @@ def build_llama(tokenizer: Any, hidden: int = 64, layers: int = 2, seed: int = 0
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        vocab_size=len(tokenizer),
+        vocab_size=len(tokenizer) if vocab_size is None else vocab_size,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -92,7 +108,9 @@ def tiny_tokenizer() -> Any:
     return build_tokenizer()
 
 
-def _save(tmp_path_factory: pytest.TempPathFactory, name: str, hidden: int, layers: int, seed: int) -> str:
+def _save(
+    tmp_path_factory: pytest.TempPathFactory, name: str, hidden: int, layers: int, seed: int
+) -> str:
     tok = build_tokenizer()
     model = build_llama(tok, hidden=hidden, layers=layers, seed=seed)
     path = tmp_path_factory.mktemp(name)
@@ -113,37 +131,42 @@ def tiny_large_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return _save(tmp_path_factory, "tiny-llama-large", hidden=128, layers=3, seed=1)
 
 
-@pytest.fixture
+def make_unit_preset(model_dir: str) -> Any:
+    """The safety task's ``unit`` preset on a tiny model directory (see ``unit_preset``); a
+    function so that helper processes (tests/launch_unit_run.py) register the same preset."""
+    from mobench.config import GenerationConfig, Preset
+
+    return Preset(
+        name="unit",
+        task="safety",
+        description="unit tests: tiny random model",
+        base_model=model_dir,
+        data="builtin:safety_tiny.jsonl",
+        split_sizes=(32, 4, 8),
+        test_limit=4,
+        generation=GenerationConfig(max_new_tokens=6),
+        training={
+            "max_steps": 2,
+            "per_device_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "warmup_steps": 0,
+            "max_length": 96,
+            "max_prompt_length": 64,
+        },
+        scorers={"helpful": f"yesno:{model_dir}", "harmless": f"yesno:{model_dir}"},
+        hv_ref_point=(0.0, 0.0),
+        dtype="float32",
+        batch_size=8,
+    )
+
+
+@pytest.fixture(scope="session")
 def unit_preset(tiny_model_dir: str) -> Any:
     """Register (and yield) the safety task's ``unit`` preset: tiny model, 40 pairs, 4 prompts,
     6 new tokens, yes/no proxy scorers on the tiny model. Runs in a few seconds."""
-    from mobench.config import GenerationConfig, Preset
     from mobench.registry import _PRESETS, register_preset
 
-    preset = register_preset(
-        Preset(
-            name="unit",
-            task="safety",
-            description="unit tests: tiny random model",
-            base_model=tiny_model_dir,
-            data="builtin:safety_tiny.jsonl",
-            split_sizes=(32, 4, 8),
-            test_limit=4,
-            generation=GenerationConfig(max_new_tokens=6),
-            training={
-                "max_steps": 2,
-                "per_device_batch_size": 4,
-                "gradient_accumulation_steps": 1,
-                "warmup_steps": 0,
-                "max_length": 96,
-                "max_prompt_length": 64,
-            },
-            scorers={"helpful": f"yesno:{tiny_model_dir}", "harmless": f"yesno:{tiny_model_dir}"},
-            hv_ref_point=(0.0, 0.0),
-            dtype="float32",
-            batch_size=8,
-        )
-    )
+    preset = register_preset(make_unit_preset(tiny_model_dir))
     yield preset
     _PRESETS.pop(("safety", "unit"), None)
 

@@ -582,8 +582,9 @@ def test_dry_run_describes_the_paper_setup_without_loading(monkeypatch: pytest.M
         "nothing loaded",
     ]:
         assert words in out, words
-    if method == "genarm":
-        assert '"guide": 2' in out and '"guide": 16896000' in out
+    guide = 1 if method == "uniarm" else 2  # UniARM: one preference ARM; GenARM: one per objective
+    assert f'"evaluations_per_token": {{"base": 1, "guide": {guide}}}' in out
+    assert f'"guide": {guide * 8448000}' in out  # 16500 rows x 512 tokens
     result = runner.invoke(
         app, ["run", "--method", "genarm", "--task", "helpful", "--preset", "paper", "--dry-run"]
     )

@@ -1,0 +1,180 @@
+"""UniARM: one ARM for every objective built from MoSLoRA — a RECONSTRUCTION (METHODS §5).
+
+UniARM has no public code and its paper body could not be read; what is known comes from the
+abstract and four ICLR-2026 reviews (METHODS §5): a preference-agnostic module extracts shared
+low-rank features, a preference-modulation module applies an affine (scale and shift) map to
+them conditioned on a "mixed preference vector" built from the model's own semantic embeddings
+of the objectives, and training adds a lambda-weighted global term to the per-dimension losses.
+Everything concrete below is mobench's reconstruction (§5 steps 1-4, §12.5); each part is a
+config field or a small function, so a better-informed variant is a config change:
+
+1. **Objective descriptors** [RECON]: ``e_i`` = mean of the guide backbone's frozen input
+   embeddings over the tokens of a short text description of objective i
+   (``objective_descriptions``; defaults "helpfulness", "harmlessness", "humor"). The mixed
+   vector is ``o(alpha) = sum_i alpha_i e_i``. E is computed once at training time and saved
+   with the adapters (it is not trained and not counted as a trainable parameter).
+2. **MoSLoRA layer** [RECON] (:class:`~mobench.methods.adapters.MoSLoRALinear`) on q/k/v: shared
+   ``u = A dropout(x)`` (rank r), ``[gamma; delta] = G o(alpha)``, ``u' = (1 + gamma) * u +
+   delta``, output ``+= s B u'`` with ``s = lora_alpha / r``; B = 0 and G = 0 at init (the
+   layer starts as the base model with identity modulation).
+3. **Shape of G** [RECON] (``modulation``): ``"shared"`` (default) = one G (2r x d) for the
+   whole model; ``"linear"`` = one G per adapted module. The default is chosen so that the
+   trainable parameters match PARM's budget (UniARM claims its gains come "without extra
+   parameters"): with r = r1 + r2 = 8, LLaMA-7B (96 q/k/v modules, d = 4096) has
+   96 * 8 * 8192 + 2 * 8 * 4096 = 6,356,992 parameters vs PARM's 6,296,064 (+1.0%); SmolLM2-135M
+   (90 modules, d = 576) 654,336 vs PARM's 649,440 (+0.8%). ``"linear"`` doubles the 7B count.
+4. **Training** [RECON]: as PARM (alpha ~ Dirichlet(0.5) per micro-batch, one shared batch
+   with every label, ``sum_i alpha_i L_i``, METHODS §4.2) plus ``lambda * L_global``, the
+   Bradley–Terry loss of the alpha-weighted winner: response 0 wins if
+   ``sum_i alpha_i (2 [z_i = 0] - 1) > 0``, response 1 if < 0, ties skipped (§5 step 3). Its
+   beta is ``sum_i alpha_i beta_i`` (mobench's choice; the sources give none).
+5. **Reward and guidance** [RECON]: the ARM reward is the summed response log-prob (§2) and
+   guidance is PARM's: guide(alpha) = log pi_UniARM(v | x, y_<t; alpha), fp32 log-softmax over
+   the shared vocabulary, beta = 1 (§5 step 4). 1 guide forward per token.
+
+Defaults and sources (:class:`UniARMConfig`): r = 8 and lora_alpha = 16 (PARM's total rank
+r1 + r2 and its scale s = 2, so the two methods differ only in how alpha enters); dropout, target
+modules, beta_r, Dirichlet concentration, epochs and optimiser settings are PARM's (official
+code, METHODS §4.2), because UniARM's are unknown. ``global_loss_weight`` (lambda) = 1.0 has no
+source: it weights the global term like the per-dimension sum (whose alpha weights also sum to 1);
+0 gives the architecture-only ablation the reviews mention.
+
+Save/load and the objective-order check are PARM's (:class:`~mobench.methods.parm.PreferenceARM`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from mobench.methods.adapters import MoSLoRALinear, PreferenceContext, inject_adapters
+from mobench.methods.parm import PreferenceARM, PreferenceARMConfig
+
+from mobench.config import ConfigError
+from mobench.registry import register_method
+
+#: METHODS §5 step 1's examples of short objective descriptions.
+DEFAULT_DESCRIPTIONS = {"helpful": "helpfulness", "harmless": "harmlessness", "humor": "humor"}
+
+
+@dataclass(frozen=True)
+class UniARMConfig(PreferenceARMConfig):
+    """UniARM defaults: the METHODS §5 reconstruction; training settings are PARM's."""
+
+    r: int = field(
+        default=8, metadata={"help": "rank of the shared features [RECON: PARM's r1 + r2 = 8]"}
+    )
+    lora_alpha: float = field(
+        default=16.0,
+        metadata={"help": "scale s = lora_alpha / r = 2 [RECON: PARM's and GenARM's scale]"},
+    )
+    modulation: Literal["linear", "shared"] = field(
+        default="shared",
+        metadata={
+            "help": "G (2r x d): 'shared' = one for the model (total parameters ~ PARM's, "
+            "UniARM's 'no extra parameters'), 'linear' = one per module [RECON]"
+        },
+    )
+    objective_descriptions: dict[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_DESCRIPTIONS),
+        metadata={
+            "help": "objective -> short text whose mean-pooled input embedding is e_i [RECON, "
+            "METHODS §5 step 1]"
+        },
+    )
+    global_loss_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "lambda of L_global (alpha-weighted winner) [RECON, no source: equal weight "
+            "to the per-dimension sum; 0 = architecture-only ablation]"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.modulation not in ("linear", "shared"):
+            raise ConfigError(
+                f"unknown UniARM modulation {self.modulation!r}; use 'shared' or 'linear'"
+            )
+        if self.r < 1:
+            raise ConfigError(f"UniARM needs r >= 1, got {self.r}")
+        if self.global_loss_weight < 0:
+            raise ConfigError(f"global_loss_weight must be >= 0, got {self.global_loss_weight}")
+
+
+def objective_descriptors(model: Any, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+    """E (k, d): per text, the mean of the model's (frozen) input embeddings over its tokens
+    (no special tokens), in fp32 (METHODS §5 step 1)."""
+    table = model.get_input_embeddings().weight
+    rows = []
+    for text in texts:
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if not ids:
+            raise ConfigError(
+                f"objective description {text!r} has no tokens; give a non-empty text"
+            )
+        rows.append(table[torch.tensor(ids, device=table.device)].detach().float().mean(dim=0))
+    return torch.stack(rows)
+
+
+@register_method("uniarm")
+class UniARM(PreferenceARM):
+    """UniARM (reconstructed): one MoSLoRA ARM conditioned on alpha through objective embeddings."""
+
+    name = "uniarm"
+    config_cls = UniARMConfig
+
+    def __init__(self, config: UniARMConfig) -> None:
+        super().__init__(config)
+        self.config: UniARMConfig = config
+
+    @property
+    def global_loss_weight(self) -> float:
+        return self.config.global_loss_weight
+
+    def descriptions(self, objectives: Sequence[str]) -> list[str]:
+        missing = [o for o in objectives if o not in self.config.objective_descriptions]
+        if missing:
+            raise ConfigError(
+                f"UniARM needs a text description for objective(s) {missing}; set e.g. "
+                f'--set \'method.objective_descriptions={{"{missing[0]}": "..."}}\' '
+                "(with one entry per objective)"
+            )
+        return [self.config.objective_descriptions[o] for o in objectives]
+
+    def inject(
+        self, model: Any, objectives: Sequence[str], tokenizer: Any | None
+    ) -> dict[str, Any]:
+        cfg = self.config
+        texts = self.descriptions(objectives)
+        embeddings = model.get_input_embeddings().weight
+        if tokenizer is not None:
+            E = objective_descriptors(model, tokenizer, texts)
+        else:  # placeholder of the right shape: the saved E is loaded over it
+            E = torch.zeros(len(objectives), embeddings.shape[1], device=embeddings.device)
+        context = PreferenceContext(len(objectives), descriptors=E)
+        factory = functools.partial(
+            MoSLoRALinear,
+            context=context,
+            r=cfg.r,
+            lora_alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            modulation=cfg.modulation,
+        )
+        wrapped = inject_adapters(model, factory, cfg.target_modules)
+        return {
+            "adapter": "moslora",
+            "r": cfg.r,
+            "lora_alpha": cfg.lora_alpha,
+            "scaling": cfg.lora_alpha / cfg.r,
+            "modulation": cfg.modulation,
+            "descriptor_dim": int(E.shape[1]),
+            "objective_descriptions": dict(zip(objectives, texts, strict=True)),
+            "global_loss_weight": cfg.global_loss_weight,
+            "target_modules": list(cfg.target_modules),
+            "adapted_modules": len(wrapped),
+            "num_objectives": len(objectives),
+        }

@@ -1,0 +1,932 @@
+"""``mobench bench``: how fast mobench decodes a Pareto front, against plain decoding and against
+the reference loop, on the same rows and token budget, in one process.
+
+For one preset (a base model, an alpha grid, prompts, a token budget) and each dtype it times
+
+(a) **base**: plain decoding of the base model over every (prompt, alpha) row (mobench's loop);
+(b) **each method's guided decoding in mobench**: whole fronts per batch, finished rows dropped,
+    length-sorted prompts, KV caches, and the fused backbone where the guide sits on the base
+    model's own weights (:mod:`mobench.fused`); weak-to-strong configurations ("-w2s") steer the
+    base with a smaller guide model that shares its tokenizer;
+(c) **the reference loop** re-implemented faithfully: batch 1, one alpha at a time, every model a
+    separate copy (the method's unfused guide, ``ModelContext.fuse=False``) with its own KV cache,
+    driven by Hugging Face ``generate`` with a ``LogitsProcessor`` that adds the guide's
+    log-softmax combination to the base's log-softmax (METHODS §3.2, §10.16), stock attention.
+
+and reports b/a and c/b time ratios, tokens/s, seconds per 512 tokens, per-configuration peak
+memory, repeats (min and median) and the greedy-token agreement of b and c. Guides are random
+weights of the trained shapes (``Method.random_guide``): decoding cost does not depend on
+training. Every row decodes exactly ``max_new_tokens`` tokens (no EOS stop), so all
+configurations do the same work.
+
+The reference loop is slow (that is the point), so it runs on the whole alpha grid of
+``reference_prompts`` prompts (median length), and its time for all rows is extrapolated per row:
+at batch 1 a row's cost does not depend on the other rows. The output says so.
+
+Nothing in mobench's core imports this module; the CLI imports it when ``mobench bench`` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import datetime as _dt
+import gc
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mobench.config import ConfigError, GenerationConfig, alpha_grid
+from mobench.data import PreferencePair
+from mobench.decoding import guided_generate, stock_attention
+from mobench.interfaces import FusedGuide, Guide
+from mobench.models import ModelContext, resolve_dtype, torch_dtype
+
+#: objectives of the benchmark's preference vectors (the safety task's order); only their
+#: number matters for cost
+OBJECTIVES_TASK = "safety"
+
+# Llama shapes for the randomly initialised models of the GPU preset (no download needed)
+LLAMA2_7B = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+}
+TINYLLAMA_1B = {
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_hidden_layers": 22,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+}
+
+
+@dataclass(frozen=True)
+class BenchPreset:
+    """What ``mobench bench --preset NAME`` measures.
+
+    Attributes:
+        base_model: model source of the base (and same-backbone guides); None = a randomly
+            initialised Llama of shape ``random_base`` (no download).
+        random_base: LlamaConfig fields of the random base.
+        w2s_guide: LlamaConfig fields of the weak-to-strong guide model, randomly initialised
+            with the base's vocabulary (weights do not matter for cost); None = no w2s configs.
+        methods: methods benchmarked with guides on the base model itself (fused).
+        w2s_methods: methods benchmarked with the smaller guide model.
+        prompts / grid / max_new_tokens: rows = prompts x alphas of ``grid``, each decoding
+            exactly ``max_new_tokens`` tokens.
+        prompt_lengths: (min, max) token length of random prompts (random-model presets).
+        dtypes: each one is a separate pass.
+        batch_size: rows per decoding batch in mobench (b and a alike).
+        repeats: timed repeats of a and b (the first right after loading, no warm-up).
+        reference_prompts: prompts (whole alpha grid each) decoded by the reference loop.
+        interleave: time the configurations round-robin, all loaded at once (fairer on a shared
+            machine, whose load drifts), instead of one after another.
+    """
+
+    name: str
+    description: str
+    base_model: str | None = None
+    random_base: dict[str, Any] | None = None
+    w2s_guide: dict[str, Any] | None = None
+    methods: tuple[str, ...] = ("genarm", "parm", "uniarm")
+    w2s_methods: tuple[str, ...] = ("genarm", "mod_w2s")
+    prompts: int = 8
+    grid: str = "simplex-0.1"
+    max_new_tokens: int = 64
+    prompt_lengths: tuple[int, int] = (48, 96)
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    device: str = "cpu"
+    batch_size: int = 11
+    repeats: int = 2
+    reference_prompts: int = 1
+    interleave: bool = True
+    seed: int = 0
+
+
+BENCH_PRESETS: dict[str, BenchPreset] = {
+    p.name: p
+    for p in (
+        BenchPreset(
+            name="tiny",
+            description=(
+                "CPU: SmolLM2-135M-Instruct (real weights), 8 safety prompts x 11 alphas x 64 "
+                "tokens, fp32 and bf16; weak-to-strong guide: a random 8-layer, 384-wide Llama "
+                "with SmolLM2's vocabulary"
+            ),
+            base_model="smollm2-135m-instruct",
+            w2s_guide={
+                "hidden_size": 384,
+                "intermediate_size": 1024,
+                "num_hidden_layers": 8,
+                "num_attention_heads": 6,
+                "num_key_value_heads": 2,
+                "head_dim": 64,
+                "tie_word_embeddings": True,
+            },
+        ),
+        BenchPreset(
+            name="gpu-7b",
+            description=(
+                "CUDA, bf16: randomly initialised Llama-2-7B shapes (no download), 8 random "
+                "prompts x 11 alphas x 64 tokens; weak-to-strong guide: TinyLlama-1.1B shapes"
+            ),
+            random_base=LLAMA2_7B,
+            w2s_guide=TINYLLAMA_1B,
+            dtypes=("bfloat16",),
+            device="cuda",
+            batch_size=88,
+            repeats=3,
+            interleave=False,  # 7B copies do not all fit at once
+        ),
+        BenchPreset(
+            name="smoke",
+            description="seconds on any CPU: a random 2-layer Llama, checks the benchmark runs",
+            random_base={
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "vocab_size": 256,
+            },
+            w2s_guide={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1},
+            w2s_methods=("genarm", "mod_w2s"),
+            prompts=2,
+            grid="corners",
+            max_new_tokens=4,
+            prompt_lengths=(5, 9),
+            batch_size=4,
+            repeats=2,
+        ),
+    )
+}
+
+#: targets of the performance issue, checked in every result (CPU figures; on a GPU the same
+#: checks are printed for information)
+GUIDED_RATIO_TARGETS = {"parm": 1.5, "uniarm": 1.5, "genarm": 1.9}
+SPEEDUP_TARGET, SPEEDUP_AIM = 6.0, 10.0
+AGREEMENT_TARGET = 0.99  # fp32
+MEMORY_RATIO_TARGET = 1.2  # same-backbone methods vs the base alone
+
+
+# ---------------------------------------------------------------------------------- memory
+
+
+class PeakMemory:
+    """Peak memory of one configuration: what it adds on top of what was resident before it.
+
+    * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the
+      allocation at the start.
+    * CPU (Linux): the resident set's high-water mark (VmHWM, reset by writing 5 to
+      /proc/self/clear_refs) minus the resident set at the start. glibc is told to serve every
+      allocation over 64 KiB with its own mapping (mallopt M_MMAP_THRESHOLD), so freed tensors
+      leave the resident set at once and the next configuration starts clean.
+    * Elsewhere: not measured (None).
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.start_mb = 0.0
+        if device.startswith("cuda"):
+            self.method = "cuda max_memory_allocated delta"
+        elif _reset_rss_peak():
+            self.method = "RSS high-water mark delta (Linux VmHWM, reset per configuration)"
+            _return_freed_memory_to_os()
+        else:
+            self.method = "not measured (needs Linux /proc/self/clear_refs or CUDA)"
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self.start_mb = torch.cuda.memory_allocated() / 2**20
+        elif self.method.startswith("RSS"):
+            _malloc_trim()
+            self.start_mb = _proc_status_mb("VmRSS")
+            _reset_rss_peak()
+
+    def peak_mb(self) -> float | None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() / 2**20 - self.start_mb
+        if self.method.startswith("RSS"):
+            return _proc_status_mb("VmHWM") - self.start_mb
+        return None
+
+
+def _proc_status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise KeyError(key)
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        _proc_status_mb("VmHWM")
+    except (OSError, KeyError):
+        return False
+    return True
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _return_freed_memory_to_os() -> None:
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so freed tensors are unmapped
+
+
+def _malloc_trim() -> None:
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+class IdTokenizer:
+    """Stands in for a tokenizer where the benchmark's models are random (no vocabulary): pad
+    id 0, no EOS, and text hashed to a few ids (UniARM's objective descriptors)."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.pad_token_id = 0
+        self.eos_token_id: int | None = None
+        self.bos_token_id: int | None = None
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [sum(map(ord, w)) % self.vocab_size for w in text.split()]}
+
+
+def random_llama(fields: dict[str, Any], dtype: str, device: str, seed: int) -> Any:
+    """A Llama with random weights, made directly in ``dtype`` on ``device`` (a 7B fits the GPU
+    without an fp32 copy); the same seed gives the same weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype(dtype))
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(LlamaConfig(**fields))
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval().requires_grad_(False)
+
+
+@dataclass
+class BenchModels:
+    """How to make a fresh copy of each model of a preset, and the prompts' tokenizer."""
+
+    preset: BenchPreset
+    device: str
+    tokenizer: Any
+    base_source: str
+    vocab_size: int
+
+    def base(self, dtype: str) -> Any:
+        p = self.preset
+        if p.base_model is not None:
+            from mobench.models import load_causal_lm
+
+            return load_causal_lm(p.base_model, dtype=dtype, device=self.device)[0]
+        assert p.random_base is not None
+        return random_llama(p.random_base, dtype, self.device, p.seed)
+
+    def w2s_guide(self, dtype: str) -> Any:
+        p = self.preset
+        assert p.w2s_guide is not None
+        fields = {**self._base_fields(), **p.w2s_guide}
+        return random_llama(fields, dtype, self.device, p.seed + 1)
+
+    def _base_fields(self) -> dict[str, Any]:
+        p = self.preset
+        if p.random_base is not None:
+            return dict(p.random_base)
+        from transformers import AutoConfig
+
+        from mobench.models import resolve_model_source
+
+        assert p.base_model is not None
+        config = AutoConfig.from_pretrained(resolve_model_source(p.base_model).location)
+        keep = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "rms_norm_eps")
+        return {k: getattr(config, k) for k in keep if getattr(config, k, None) is not None}
+
+    def context(self, dtype: str, *, w2s: bool, fuse: bool, base: bool = True) -> ModelContext:
+        """Fresh models for one configuration: the base (None with ``base=False``), and how to
+        load the guide backbone (a fresh copy per call, the base's weights unless ``w2s``)."""
+        guide_source = f"{self.base_source}:w2s-guide" if w2s else self.base_source
+        loader = (lambda: self.w2s_guide(dtype)) if w2s else (lambda: self.base(dtype))
+        return ModelContext(
+            base=self.base(dtype) if base else None,
+            base_tokenizer=self.tokenizer,
+            base_source=self.base_source,
+            guide_tokenizer=self.tokenizer,
+            guide_source=guide_source,
+            vocab_size=self.vocab_size,
+            dtype=dtype,
+            device=self.device,
+            fuse=fuse,
+            guide_loader=loader,
+        )
+
+
+def _bench_models(preset: BenchPreset, device: str) -> BenchModels:
+    if preset.base_model is not None:
+        from mobench.models import load_tokenizer
+
+        tok = load_tokenizer(preset.base_model)
+        return BenchModels(preset, device, tok, preset.base_model, len(tok))
+    assert preset.random_base is not None
+    vocab = int(preset.random_base["vocab_size"])
+    return BenchModels(preset, device, IdTokenizer(vocab), f"random-llama:{preset.name}", vocab)
+
+
+def _prompts(preset: BenchPreset, models: BenchModels) -> list[PreferencePair]:
+    """The preset's prompts: the safety task's test prompts (rendered with the base model's
+    chat template) for a real model, random token ids for a random one."""
+    from mobench.registry import get_task
+
+    task = get_task(OBJECTIVES_TASK)()
+    if preset.base_model is not None:
+        from mobench.pipeline import resolve_spec
+
+        spec = resolve_spec(OBJECTIVES_TASK, "genarm", "tiny", device="cpu")
+        pairs = task.load(spec).test[: preset.prompts]
+        if len(pairs) < preset.prompts:
+            raise ConfigError(f"the tiny preset has only {len(pairs)} test prompts")
+        return pairs
+    gen = torch.Generator().manual_seed(preset.seed)
+    low, high = preset.prompt_lengths
+    out = []
+    for i in range(preset.prompts):
+        n = int(torch.randint(low, high + 1, (1,), generator=gen))
+        ids = torch.randint(1, models.vocab_size, (n,), generator=gen).tolist()
+        out.append(
+            PreferencePair(
+                id=f"random-{i}",
+                prompt=[{"role": "user", "content": ""}],
+                responses=("", ""),
+                labels={},
+                meta={"ids": ids},
+            )
+        )
+    return out
+
+
+def _encode(pairs: Sequence[PreferencePair], models: BenchModels) -> dict[str, list[int]]:
+    from mobench.registry import get_task
+    from mobench.training import encode_prompt
+
+    if models.preset.base_model is None:
+        return {p.id: list(p.meta["ids"]) for p in pairs}
+    task = get_task(OBJECTIVES_TASK)()
+    tok = models.tokenizer
+    return {p.id: encode_prompt(tok, task.render(p.prompt, tok)) for p in pairs}
+
+
+# ------------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class Rows:
+    """The benchmark's rows (prompt, alpha) in mobench's batch order, and the reference rows."""
+
+    batches: list[list[tuple[str, int]]]
+    prompt_ids: dict[str, list[int]]
+    alphas: np.ndarray
+    reference: list[tuple[str, int]]
+
+    @property
+    def count(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+
+def _rows(preset: BenchPreset, models: BenchModels) -> Rows:
+    from mobench.pipeline import plan_batches
+    from mobench.registry import get_task
+
+    pairs = _prompts(preset, models)
+    ids = _encode(pairs, models)
+    k = len(get_task(OBJECTIVES_TASK).objectives)
+    alphas = alpha_grid(preset.grid, k).astype(np.float32)
+    rows = [(p, a) for p in pairs for a in range(len(alphas))]
+    lengths = {pid: len(v) for pid, v in ids.items()}
+    batches = [
+        [(p.id, a) for p, a in batch] for batch in plan_batches(rows, lengths, preset.batch_size)
+    ]
+    # the reference loop decodes the whole grid of the prompts of median length
+    by_length = sorted(ids, key=lambda pid: (lengths[pid], pid))
+    mid = len(by_length) // 2
+    chosen = by_length[max(0, mid - preset.reference_prompts // 2) :][: preset.reference_prompts]
+    reference = [(pid, a) for pid in chosen for a in range(len(alphas))]
+    return Rows(batches, ids, alphas, reference)
+
+
+@dataclass
+class DecodeRun:
+    wall_s: float
+    row_tokens: int
+    tokens: dict[tuple[str, int], list[int]]
+    forwards_per_token: dict[str, int] = field(default_factory=dict)
+    fused_lanes: int = 0
+    guide_lanes: int = 1
+
+
+def _decode(
+    models: ModelContext,
+    guide: Guide | FusedGuide | None,
+    rows: Rows,
+    config: GenerationConfig,
+    batches: Sequence[Sequence[tuple[str, int]]] | None = None,
+) -> DecodeRun:
+    """mobench's loop over ``batches`` (default: all), no EOS stop."""
+    run = DecodeRun(0.0, 0, {})
+    for batch in rows.batches if batches is None else batches:
+        prompts = [rows.prompt_ids[pid] for pid, _ in batch]
+        out = guided_generate(
+            models.base,
+            guide,
+            prompts,
+            torch.from_numpy(rows.alphas[[a for _, a in batch]]),
+            config,
+            vocab_size=models.vocab_size,
+            pad_token_id=models.base_tokenizer.pad_token_id,
+            eos_token_ids=set(),
+        )
+        run.wall_s += out.wall_s
+        run.row_tokens += out.row_tokens
+        run.fused_lanes = out.fused_lanes
+        run.tokens.update(zip(batch, out.tokens, strict=True))
+    if guide is not None:
+        run.forwards_per_token = dict(guide.forwards_per_token)
+        run.guide_lanes = getattr(guide, "lanes", 1)
+    if not run.fused_lanes:
+        run.forwards_per_token = {"base": 1, **run.forwards_per_token}
+    return run
+
+
+class GuideLogitsProcessor:
+    """The reference code's logit arithmetic as a ``transformers`` LogitsProcessor, one row:
+    ``log_softmax(base)[:V] + guide / beta`` (ids past the shared vocabulary get -inf), with the
+    guide run on its own models and KV caches (prefill at the first call, then one token)."""
+
+    def __init__(
+        self, guide: Guide, guide_prompt: list[int], alpha: torch.Tensor, vocab: int, beta: float
+    ) -> None:
+        self.guide, self.guide_prompt, self.alpha = guide, guide_prompt, alpha[None]
+        self.vocab, self.beta = vocab, beta
+        self.started = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if not self.started:
+            guidance = self.guide.prefill([self.guide_prompt], self.alpha)
+            self.started = True
+        else:
+            guidance = self.guide.step(input_ids[:, -1])
+        combined = torch.full(scores.shape, float("-inf"), device=scores.device)
+        base = torch.log_softmax(scores[:, : self.vocab].float(), dim=-1)
+        combined[:, : self.vocab] = base + guidance.to(scores.device) / self.beta
+        return combined
+
+
+@torch.inference_mode()
+def reference_decode(
+    models: ModelContext,
+    guide: Guide,
+    rows: Sequence[tuple[list[int], np.ndarray]],
+    max_new_tokens: int,
+    beta: float = 1.0,
+) -> tuple[float, list[list[int]]]:
+    """The reference loop: each (prompt ids, alpha) row alone, HF ``generate`` (greedy, no EOS
+    stop) on the base with :class:`GuideLogitsProcessor`. Returns (seconds, tokens per row)."""
+    from transformers import GenerationConfig as HFGenerationConfig
+    from transformers import LogitsProcessorList
+
+    base = models.base
+    device = base.get_output_embeddings().weight.device
+    hf_config = HFGenerationConfig(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=None,
+        pad_token_id=models.base_tokenizer.pad_token_id,
+    )
+    outputs = []
+    _sync(device)
+    t0 = time.perf_counter()
+    for prompt, alpha in rows:
+        ids = torch.tensor([prompt], device=device)
+        processor = GuideLogitsProcessor(
+            guide, prompt, torch.as_tensor(alpha), models.vocab_size, beta
+        )
+        out = base.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            generation_config=hf_config,
+            logits_processor=LogitsProcessorList([processor]),
+        )
+        outputs.append(out[0, ids.shape[1] :].tolist())
+    _sync(device)
+    return time.perf_counter() - t0, outputs
+
+
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def token_agreement(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> dict[str, float]:
+    """Greedy-token agreement of two decodes of the same rows: the fraction of positions with
+    the same token (positions past a row's end count as different), the fraction of identical
+    rows, and the mean position of the first difference (``len`` for identical rows)."""
+    same = total = identical = 0
+    first: list[int] = []
+    for x, y in zip(a, b, strict=True):
+        n = max(len(x), len(y))
+        matches = [i < len(x) and i < len(y) and x[i] == y[i] for i in range(n)]
+        same += sum(matches)
+        total += n
+        identical += all(matches)
+        first.append(next((i for i, m in enumerate(matches) if not m), n))
+    return {
+        "token_agreement": same / total if total else 1.0,
+        "identical_rows": identical / len(first) if first else 1.0,
+        "mean_first_difference": float(np.mean(first)) if first else 0.0,
+    }
+
+
+# ------------------------------------------------------------------------------ the bench
+
+
+@dataclass
+class _Config:
+    """One measured configuration: a name, a method (None = plain base), same backbone or not."""
+
+    name: str
+    method: str | None
+    w2s: bool = False
+    context: ModelContext | None = None
+    guide: Guide | FusedGuide | None = None
+    times: list[float] = field(default_factory=list)
+    run: DecodeRun | None = None
+    peak_memory_mb: float | None = None
+
+
+def _method(name: str) -> Any:
+    from mobench.registry import get_method
+
+    cls = get_method(name)
+    return cls(cls.config_cls())
+
+
+def _summary(times: list[float], row_tokens: int) -> dict[str, Any]:
+    median = statistics.median(times)
+    return {
+        "times_s": [round(t, 4) for t in times],
+        "min_s": round(min(times), 4),
+        "median_s": round(median, 4),
+        "row_tokens": row_tokens,
+        "tokens_per_s": round(row_tokens / median, 2),
+        "s_per_512_tokens": round(512 * median / row_tokens, 4),
+    }
+
+
+def _check(
+    name: str, value: float | None, op: str, limit: float, aim: float | None = None
+) -> dict[str, Any]:
+    """A target check; ``miss`` says by how much a missed target is missed (relative)."""
+    if value is None:
+        return {"target": name, "value": None, "limit": f"{op} {limit:g}", "met": None}
+    met = value <= limit if op == "<=" else value >= limit
+    out: dict[str, Any] = {"target": name, "value": round(value, 4), "limit": f"{op} {limit:g}"}
+    out["met"] = met
+    if not met:
+        out["miss"] = f"{abs(value / limit - 1):.1%} {'over' if op == '<=' else 'under'} the limit"
+    if aim is not None:
+        out["aim"] = f"{op} {aim:g}"
+    return out
+
+
+def run_bench(
+    preset: BenchPreset,
+    out_dir: Path | None = None,
+    *,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run ``preset``; write the result JSON into ``out_dir`` (if given) and return it."""
+    from mobench.models import cpu_has_native_bf16, resolve_device
+    from mobench.pipeline import environment_info
+    from mobench.registry import get_task
+
+    device = resolve_device(preset.device)
+    meter = PeakMemory(device)
+    task = get_task(OBJECTIVES_TASK)()
+    models = _bench_models(preset, device)
+    rows = _rows(preset, models)
+    gen = GenerationConfig(max_new_tokens=preset.max_new_tokens)
+    t_start = time.perf_counter()
+    log(
+        f"bench {preset.name}: {rows.count} rows ({preset.prompts} prompts x {len(rows.alphas)} "
+        f"alphas) x {preset.max_new_tokens} tokens, batch {preset.batch_size}, "
+        f"{torch.get_num_threads()} threads, device {device}"
+    )
+    with tempfile.TemporaryDirectory(prefix="mobench-bench-") as tmp:
+        artifacts = _random_guides(preset, models, task, Path(tmp), log)
+        per_dtype = {
+            dtype: _bench_dtype(preset, dtype, models, task, rows, gen, artifacts, meter, log)
+            for dtype in preset.dtypes
+        }
+    env = environment_info(device, ",".join(preset.dtypes))
+    env["cpu_model"] = _cpu_model()
+    env["cpu_native_bf16"] = cpu_has_native_bf16()
+    env["dtype_auto_resolves_to"] = resolve_dtype("auto", device)
+    report = {
+        "schema": 1,
+        # top-level fields that `mobench report` reads (defaults of every entry of "results")
+        "preset": preset.name,
+        "task": OBJECTIVES_TASK,
+        "device": device,
+        "date": env["date"],
+        "bench_preset": dataclasses.asdict(preset),
+        "environment": env,
+        "settings": {
+            "rows": rows.count,
+            "alphas": len(rows.alphas),
+            "max_new_tokens": preset.max_new_tokens,
+            "stop_at_eos": False,
+            "batch_size": preset.batch_size,
+            "repeats": preset.repeats,
+            "interleaved": preset.interleave,
+            "first_repeat": "run right after loading the configuration's models (no separate "
+            "warm-up); its peak memory is measured over the load and that repeat",
+            "reference_rows": len(rows.reference),
+            "reference_extrapolation": (
+                f"the reference loop decodes {len(rows.reference)} of the {rows.count} rows "
+                "(the whole alpha grid of the median-length prompt(s)); its time for all rows is "
+                f"its time x {rows.count}/{len(rows.reference)} (batch 1: rows are independent)"
+            ),
+            "memory_method": meter.method,
+            "machine_note": "CPU timings on a machine shared with other jobs are noisy: compare "
+            "ratios measured in one run, medians of the repeats",
+        },
+        "base": {dtype: r["base"] for dtype, r in per_dtype.items()},
+        # one entry per (method configuration, dtype); weak-to-strong entries carry the preset
+        # "<name>:w2s" so that the report never shows them for a same-backbone run
+        "results": [entry for r in per_dtype.values() for entry in r["results"]],
+        "targets": [check for r in per_dtype.values() for check in r["targets"]],
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = out_dir / f"{preset.name}-{device.split(':')[0]}-{stamp}.json"
+        path.write_text(json.dumps(report, indent=2))
+        report["path"] = str(path)
+    return report
+
+
+def _cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def _random_guides(
+    preset: BenchPreset, models: BenchModels, task: Any, tmp: Path, log: Callable[[str], None]
+) -> dict[tuple[str, bool], Path]:
+    """One random guide per (method, w2s), saved as the method saves a trained one."""
+    out: dict[tuple[str, bool], Path] = {}
+    wanted = [(m, False) for m in preset.methods] + [(m, True) for m in preset.w2s_methods]
+    for i, (name, w2s) in enumerate(wanted):
+        if w2s and preset.w2s_guide is None:
+            continue
+        path = tmp / f"{name}{'-w2s' if w2s else ''}"
+        path.mkdir()
+        ctx = models.context(preset.dtypes[0], w2s=w2s, fuse=False, base=False)
+        _method(name).random_guide(task, ctx, path, preset.seed + 10 * i)
+        del ctx
+        out[(name, w2s)] = path
+    log(f"random guides ready: {', '.join(p.name for p in out.values())}")
+    return out
+
+
+def _bench_dtype(
+    preset: BenchPreset,
+    dtype: str,
+    models: BenchModels,
+    task: Any,
+    rows: Rows,
+    gen: GenerationConfig,
+    artifacts: dict[tuple[str, bool], Path],
+    meter: PeakMemory,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    configs = [_Config("base", None)]
+    configs += [_Config(m, m) for m in preset.methods if (m, False) in artifacts]
+    configs += [_Config(f"{m}-w2s", m, True) for m in preset.w2s_methods if (m, True) in artifacts]
+
+    def timed(cfg: _Config) -> None:
+        assert cfg.context is not None
+        run = _decode(cfg.context, cfg.guide, rows, gen)
+        cfg.times.append(run.wall_s)
+        cfg.run = run
+        log(f"  [{dtype}] {cfg.name}: {run.wall_s:.2f} s")
+
+    def load_and_time(cfg: _Config) -> None:
+        """Load the configuration's models and time its first repeat; its peak memory is
+        measured over both (nothing else is loaded or running in between)."""
+        meter.start()
+        cfg.context = models.context(dtype, w2s=cfg.w2s, fuse=True)
+        if cfg.method is not None:
+            artifact = artifacts[(cfg.method, cfg.w2s)]
+            cfg.guide = _method(cfg.method).guide(artifact, task, cfg.context)
+        timed(cfg)
+        cfg.peak_memory_mb = meter.peak_mb()
+
+    def unload(cfg: _Config) -> None:
+        cfg.context = cfg.guide = None
+        gc.collect()
+
+    if preset.interleave:  # later repeats round-robin: a drifting machine load hits all alike
+        for cfg in configs:
+            load_and_time(cfg)
+        for _ in range(preset.repeats - 1):
+            for cfg in configs:
+                timed(cfg)
+        for cfg in configs:
+            unload(cfg)
+    else:
+        for cfg in configs:
+            load_and_time(cfg)
+            for _ in range(preset.repeats - 1):
+                timed(cfg)
+            unload(cfg)
+
+    base = configs[0]
+    assert base.run is not None
+    base_median = statistics.median(base.times)
+    results = []
+    for cfg in configs[1:]:
+        assert cfg.method is not None and cfg.run is not None
+        entry: dict[str, Any] = {
+            "method": cfg.method,
+            "config": cfg.name,
+            "preset": f"{preset.name}:w2s" if cfg.w2s else preset.name,
+            "dtype": dtype,
+            "weak_to_strong": cfg.w2s,
+            "guided_unguided_ratio": round(statistics.median(cfg.times) / base_median, 4),
+            **_summary(cfg.times, cfg.run.row_tokens),
+            "fused_lanes": cfg.run.fused_lanes,
+            "guide_lanes": cfg.run.guide_lanes,
+            "forwards_per_token": cfg.run.forwards_per_token,
+            "peak_memory_mb": _round(cfg.peak_memory_mb),
+            "memory_over_base": _ratio(cfg.peak_memory_mb, base.peak_memory_mb),
+        }
+        entry["reference"] = _bench_reference(
+            cfg, dtype, models, task, rows, gen, artifacts, meter, log
+        )
+        results.append(entry)
+    base_entry = {
+        **_summary(base.times, base.run.row_tokens),
+        "peak_memory_mb": _round(base.peak_memory_mb),
+    }
+    return {"base": base_entry, "results": results, "targets": _targets(results, dtype)}
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 4)
+
+
+def _bench_reference(
+    cfg: _Config,
+    dtype: str,
+    models: BenchModels,
+    task: Any,
+    rows: Rows,
+    gen: GenerationConfig,
+    artifacts: dict[tuple[str, bool], Path],
+    meter: PeakMemory,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The reference loop for one method configuration (separate model copies, batch 1)."""
+    assert cfg.method is not None and cfg.run is not None
+    meter.start()
+    with stock_attention():
+        context = models.context(dtype, w2s=cfg.w2s, fuse=False)
+        guide = _method(cfg.method).guide(artifacts[(cfg.method, cfg.w2s)], task, context)
+    assert isinstance(guide, Guide)
+    ref_rows = [(rows.prompt_ids[pid], rows.alphas[a]) for pid, a in rows.reference]
+    wall, tokens = reference_decode(context, guide, ref_rows, gen.max_new_tokens, gen.beta)
+    peak = meter.peak_mb()
+    del context, guide
+    gc.collect()
+    per_row = wall / len(ref_rows)
+    mobench_per_row = statistics.median(cfg.times) / rows.count
+    ours = [cfg.run.tokens[r] for r in rows.reference]
+    agreement = token_agreement(ours, tokens)
+    log(
+        f"  [{dtype}] {cfg.name} reference loop: {wall:.1f} s for {len(ref_rows)} rows, "
+        f"{per_row / mobench_per_row:.1f}x mobench, agreement {agreement['token_agreement']:.3f}"
+    )
+    return {
+        "rows": len(ref_rows),
+        "wall_s": round(wall, 3),
+        "s_per_row": round(per_row, 4),
+        "estimated_all_rows_s": round(per_row * rows.count, 2),
+        "s_per_512_tokens": round(512 * per_row / gen.max_new_tokens, 4),
+        "tokens_per_s": round(gen.max_new_tokens / per_row, 2),
+        "reference_over_mobench": round(per_row / mobench_per_row, 3),
+        "peak_memory_mb": _round(peak),
+        **{k: round(v, 4) for k, v in agreement.items()},
+    }
+
+
+def _targets(results: list[dict[str, Any]], dtype: str) -> list[dict[str, Any]]:
+    """The issue's targets for one dtype, each with its value and, when missed, by how much."""
+    checks = []
+    for entry in results:
+        name, ref = entry["config"], entry["reference"]
+        if entry["method"] in GUIDED_RATIO_TARGETS and not entry["weak_to_strong"]:
+            limit = GUIDED_RATIO_TARGETS[entry["method"]]
+            checks.append(
+                _check(
+                    f"{name} guided/unguided ({dtype})", entry["guided_unguided_ratio"], "<=", limit
+                )
+            )
+        checks.append(
+            _check(
+                f"{name} reference loop / mobench ({dtype})",
+                ref["reference_over_mobench"],
+                ">=",
+                SPEEDUP_TARGET,
+                aim=SPEEDUP_AIM,
+            )
+        )
+        if dtype == "float32":
+            checks.append(
+                _check(
+                    f"{name} greedy agreement with the reference (fp32)",
+                    ref["token_agreement"],
+                    ">=",
+                    AGREEMENT_TARGET,
+                )
+            )
+        if not entry["weak_to_strong"]:
+            checks.append(
+                _check(
+                    f"{name} peak memory / base ({dtype})",
+                    entry["memory_over_base"],
+                    "<=",
+                    MEMORY_RATIO_TARGET,
+                )
+            )
+    return checks
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op threads (None: leave torch's default)."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
