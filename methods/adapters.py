@@ -89,6 +89,29 @@ class PreferenceContext(nn.Module):
         self.register_parameter("moslora_G", None)
         self.alphas: Tensor | None = None
         self.active: Tensor | None = None
+        #: bumped whenever alphas or active change: layers cache what they derive from them
+        self.version = 0
+        self._tail: tuple[int, int | None] | None = None
+
+    def _assign(self, alphas: Tensor | None, active: Tensor | None) -> None:
+        self.alphas, self.active = alphas, active
+        self.version += 1
+
+    def active_tail(self) -> int | None:
+        """Where the active rows start when they are exactly the rows from some index on (all
+        rows: 0), as in a lane-major fused batch of base rows then guide rows; None for any
+        other mask or no alphas. Computed once per change of the mask (one host sync)."""
+        if self._tail is None or self._tail[0] != self.version:
+            tail: int | None = None
+            if self.alphas is not None:
+                if self.active is None:
+                    tail = 0
+                else:
+                    n_inactive = int((~self.active).sum())
+                    if not bool(self.active[:n_inactive].any()):
+                        tail = n_inactive
+            self._tail = (self.version, tail)
+        return self._tail[1]
 
     def set(self, alphas: Tensor, active: Tensor | None = None) -> None:
         """Set the alphas (``(B, k)`` or ``(k,)``) and optional ``active`` mask for the next
@@ -110,11 +133,11 @@ class PreferenceContext(nn.Module):
                 raise ValueError(
                     f"active has {active.shape[0]} rows but alphas has {alphas.shape[0]}"
                 )
-        self.alphas, self.active = alphas, active
+        self._assign(alphas, active)
 
     def clear(self) -> None:
         """Forget the alphas; a forward through an adapter layer then raises."""
-        self.alphas, self.active = None, None
+        self._assign(None, None)
 
     @contextmanager
     def use(self, alphas: Tensor, active: Tensor | None = None) -> Iterator[PreferenceContext]:
@@ -127,15 +150,17 @@ class PreferenceContext(nn.Module):
         try:
             yield self
         finally:
-            self.alphas, self.active = saved
+            self._assign(*saved)
 
     def select(self, keep: Tensor) -> None:
         """Keep only the rows ``keep`` (1-D long indices), e.g. when finished rows leave a
         batch (``Guide.drop``)."""
-        if self.alphas is not None and self.alphas.ndim == 2:
-            self.alphas = self.alphas[keep.to(self.alphas.device)]
-        if self.active is not None:
-            self.active = self.active[keep.to(self.active.device)]
+        alphas, active = self.alphas, self.active
+        if alphas is not None and alphas.ndim == 2:
+            alphas = alphas[keep.to(alphas.device)]
+        if active is not None:
+            active = active[keep.to(active.device)]
+        self._assign(alphas, active)
 
     def rows(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """The ``(B, k)`` alphas and the ``(B,)`` active mask (or None), on x's device, for an
@@ -217,6 +242,28 @@ class _AdapterLinear(nn.Module):
         object.__setattr__(self, "context", context)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._derived: tuple[tuple[int, torch.dtype, int], tuple[Tensor, ...]] | None = None
+
+    def _inference_tail(self, x: Tensor) -> int | None:
+        """Start of the active rows when this forward may take the inference path: no
+        gradients, no dropout, and the active rows a tail of the batch (see
+        :meth:`PreferenceContext.active_tail`); None for the general path."""
+        if torch.is_grad_enabled() or (self.training and not isinstance(self.dropout, nn.Identity)):
+            return None
+        alphas = self.context.alphas
+        if alphas is not None and alphas.ndim == 2 and alphas.shape[0] != x.shape[0]:
+            return None  # the general path raises the error
+        return self.context.active_tail()
+
+    def _cached(
+        self, dtype: torch.dtype, rows: int, build: Callable[[], tuple[Tensor, ...]]
+    ) -> tuple[Tensor, ...]:
+        """Per-row tensors derived from the context's alphas for ``rows`` active rows, rebuilt
+        when the alphas, the mask or the row count change."""
+        key = (self.context.version, dtype, rows)
+        if self._derived is None or self._derived[0] != key:
+            self._derived = (key, build())
+        return self._derived[1]
 
     def _new_parameter(self, *shape: int, dtype: torch.dtype) -> nn.Parameter:
         """Uninitialised (see ``reset_parameters``), on the base layer's device."""
@@ -286,6 +333,9 @@ class PBLoRALinear(_AdapterLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
+        tail = self._inference_tail(x)
+        if tail is not None:
+            return self._inference_forward(x, out, tail)
         alphas, active = self.context.rows(x)
         dt, batch = x.dtype, x.shape[0]
         # A first: everything after this is rank-sized, never an n x m delta-W.
@@ -297,6 +347,31 @@ class PBLoRALinear(_AdapterLinear):
         v = torch.cat([F.linear(u1, self.pblora_W1.to(dt)), u2 @ w2.transpose(1, 2)], dim=-1)
         update = F.linear(v * self.scaling, self.pblora_B.to(dt))
         return _add_on_active_rows(out, update.reshape(out.shape), active)
+
+    def _inference_forward(self, x: Tensor, out: Tensor, tail: int) -> Tensor:
+        """The same update for decoding: only on the active rows ``x[tail:]``, with each row's
+        ``s W(alpha)`` built once per alpha change (an r x r block-diagonal core), so a layer
+        costs two thin matmuls and one batched r x r product."""
+        n = x.shape[0] - tail
+        if n == 0:
+            return out
+        (core,) = self._cached(x.dtype, n, lambda: (self._scaled_cores(tail, n, x.dtype),))
+        dt, rank = x.dtype, self.r1 + self.r2
+        u = F.linear(x[tail:], self.pblora_A.to(dt)).reshape(n, -1, rank)
+        update = F.linear(torch.bmm(u, core.transpose(1, 2)), self.pblora_B.to(dt))
+        out[tail:] += update.reshape(out[tail:].shape)
+        return out
+
+    def _scaled_cores(self, tail: int, n: int, dtype: torch.dtype) -> Tensor:
+        """``s blockdiag(W1, W2(alpha_b))`` for the n active rows, ``(n, r1+r2, r1+r2)``."""
+        alphas = self.context.alphas
+        assert alphas is not None
+        rows = alphas.expand(n, -1) if alphas.ndim == 1 else alphas[tail:]
+        w2 = self.preference_core(rows.to(self.pblora_Theta.device))
+        core = w2.new_zeros(len(rows), self.r1 + self.r2, self.r1 + self.r2)
+        core[:, : self.r1, : self.r1] = self.pblora_W1
+        core[:, self.r1 :, self.r1 :] = w2
+        return (core * self.scaling).to(dtype)
 
     def extra_repr(self) -> str:
         return f"r1={self.r1}, r2={self.r2}, scaling={self.scaling:g}"
@@ -389,6 +464,9 @@ class MoSLoRALinear(_AdapterLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
+        tail = self._inference_tail(x)
+        if tail is not None:
+            return self._inference_forward(x, out, tail)
         alphas, active = self.context.rows(x)
         dt, batch = x.dtype, x.shape[0]
         u = F.linear(self.dropout(x), self.moslora_A.to(dt)).reshape(batch, -1, self.r)
@@ -396,6 +474,25 @@ class MoSLoRALinear(_AdapterLinear):
         u = (1 + gamma[:, None]) * u + delta[:, None]  # per-row scale and shift of the features
         update = F.linear(u * self.scaling, self.moslora_B.to(dt))
         return _add_on_active_rows(out, update.reshape(out.shape), active)
+
+    def _inference_forward(self, x: Tensor, out: Tensor, tail: int) -> Tensor:
+        """The same update for decoding: only on the active rows ``x[tail:]``, with each row's
+        scaled FiLM ``s (1 + gamma)`` and ``s delta`` built once per alpha change."""
+        n = x.shape[0] - tail
+        if n == 0:
+            return out
+        scale, shift = self._cached(x.dtype, n, lambda: self._scaled_film(tail, n, x.dtype))
+        u = F.linear(x[tail:], self.moslora_A.to(x.dtype)).reshape(n, -1, self.r)
+        update = F.linear(u * scale[:, None] + shift[:, None], self.moslora_B.to(x.dtype))
+        out[tail:] += update.reshape(out[tail:].shape)
+        return out
+
+    def _scaled_film(self, tail: int, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        alphas = self.context.alphas
+        assert alphas is not None
+        rows = alphas.expand(n, -1) if alphas.ndim == 1 else alphas[tail:]
+        gamma, delta = self.film(rows.to(self.moslora_A.device))
+        return ((1 + gamma) * self.scaling).to(dtype), (delta * self.scaling).to(dtype)
 
     def extra_repr(self) -> str:
         return f"r={self.r}, scaling={self.scaling:g}, modulation={self.modulation}"

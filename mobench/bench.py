@@ -20,8 +20,9 @@ training. Every row decodes exactly ``max_new_tokens`` tokens (no EOS stop), so 
 configurations do the same work.
 
 The reference loop is slow (that is the point), so it runs on the whole alpha grid of
-``reference_prompts`` prompts (median length), and its time for all rows is extrapolated per row:
-at batch 1 a row's cost does not depend on the other rows. The output says so.
+``reference_alphas`` evenly spaced grid points of ``reference_prompts`` prompts (median length),
+and its time for all rows is extrapolated per row: at batch 1 a row's cost does not depend on
+the other rows. The output says so.
 
 Nothing in mobench's core imports this module; the CLI imports it when ``mobench bench`` runs.
 """
@@ -94,7 +95,8 @@ class BenchPreset:
         dtypes: each one is a separate pass.
         batch_size: rows per decoding batch in mobench (b and a alike).
         repeats: timed repeats of a and b (the first right after loading, no warm-up).
-        reference_prompts: prompts (whole alpha grid each) decoded by the reference loop.
+        reference_prompts / reference_alphas: the reference loop decodes these prompts (median
+            length) at this many evenly spaced grid points (first, ..., last).
         interleave: time the configurations round-robin, all loaded at once (fairer on a shared
             machine, whose load drifts), instead of one after another.
     """
@@ -115,6 +117,7 @@ class BenchPreset:
     batch_size: int = 11
     repeats: int = 2
     reference_prompts: int = 1
+    reference_alphas: int = 3
     interleave: bool = True
     seed: int = 0
 
@@ -130,6 +133,8 @@ BENCH_PRESETS: dict[str, BenchPreset] = {
                 "with SmolLM2's vocabulary"
             ),
             base_model="smollm2-135m-instruct",
+            w2s_methods=("mod_w2s",),
+            repeats=1,  # the < 15 min budget on 2 shared cores (batch-interleaved: still fair)
             w2s_guide={
                 "hidden_size": 384,
                 "intermediate_size": 1024,
@@ -444,11 +449,13 @@ def _rows(preset: BenchPreset, models: BenchModels) -> Rows:
     batches = [
         [(p.id, a) for p, a in batch] for batch in plan_batches(rows, lengths, preset.batch_size)
     ]
-    # the reference loop decodes the whole grid of the prompts of median length
+    # the reference loop decodes the prompts of median length, at evenly spaced grid points
     by_length = sorted(ids, key=lambda pid: (lengths[pid], pid))
     mid = len(by_length) // 2
     chosen = by_length[max(0, mid - preset.reference_prompts // 2) :][: preset.reference_prompts]
-    reference = [(pid, a) for pid in chosen for a in range(len(alphas))]
+    n_alphas = min(preset.reference_alphas, len(alphas))
+    picked = np.unique(np.linspace(0, len(alphas) - 1, n_alphas).round().astype(int)).tolist()
+    reference = [(pid, a) for pid in chosen for a in picked]
     return Rows(batches, ids, alphas, reference)
 
 
@@ -561,8 +568,12 @@ def reference_decode(
     return time.perf_counter() - t0, outputs
 
 
+def device_is_cuda(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
 def _sync(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
+    if device_is_cuda(device):
         torch.cuda.synchronize(device)
 
 
@@ -688,12 +699,14 @@ def run_bench(
             "batch_size": preset.batch_size,
             "repeats": preset.repeats,
             "interleaved": preset.interleave,
-            "first_repeat": "run right after loading the configuration's models (no separate "
-            "warm-up); its peak memory is measured over the load and that repeat",
+            "timing": "each repeat decodes every batch once; with interleaving the configurations "
+            "take turns batch by batch, so a drifting machine load hits them alike; the first "
+            "batch runs right after its configuration loads (no warm-up), and the peak memory is "
+            "measured over that load and batch",
             "reference_rows": len(rows.reference),
             "reference_extrapolation": (
                 f"the reference loop decodes {len(rows.reference)} of the {rows.count} rows "
-                "(the whole alpha grid of the median-length prompt(s)); its time for all rows is "
+                "(evenly spaced alphas of the median-length prompt(s)); its time for all rows is "
                 f"its time x {rows.count}/{len(rows.reference)} (batch 1: rows are independent)"
             ),
             "memory_method": meter.method,
@@ -738,6 +751,9 @@ def _random_guides(
         ctx = models.context(preset.dtypes[0], w2s=w2s, fuse=False, base=False)
         _method(name).random_guide(task, ctx, path, preset.seed + 10 * i)
         del ctx
+        gc.collect()  # the backbone copies random_guide loaded (a 7B each on the GPU preset)
+        if device_is_cuda(models.device):
+            torch.cuda.empty_cache()
         out[(name, w2s)] = path
     log(f"random guides ready: {', '.join(p.name for p in out.values())}")
     return out
@@ -758,42 +774,58 @@ def _bench_dtype(
     configs += [_Config(m, m) for m in preset.methods if (m, False) in artifacts]
     configs += [_Config(f"{m}-w2s", m, True) for m in preset.w2s_methods if (m, True) in artifacts]
 
-    def timed(cfg: _Config) -> None:
-        assert cfg.context is not None
-        run = _decode(cfg.context, cfg.guide, rows, gen)
-        cfg.times.append(run.wall_s)
-        cfg.run = run
-        log(f"  [{dtype}] {cfg.name}: {run.wall_s:.2f} s")
+    for cfg in configs:
+        cfg.times = [0.0] * preset.repeats
+        cfg.run = DecodeRun(0.0, 0, {})
 
-    def load_and_time(cfg: _Config) -> None:
-        """Load the configuration's models and time its first repeat; its peak memory is
-        measured over both (nothing else is loaded or running in between)."""
+    def timed(cfg: _Config, repeat: int, batch: int) -> None:
+        """Decode one batch; its time adds to the repeat's, its tokens replace earlier ones."""
+        assert cfg.context is not None and cfg.run is not None
+        run = _decode(cfg.context, cfg.guide, rows, gen, [rows.batches[batch]])
+        cfg.times[repeat] += run.wall_s
+        cfg.run.tokens.update(run.tokens)
+        if repeat == 0:
+            cfg.run.row_tokens += run.row_tokens
+        cfg.run.forwards_per_token = run.forwards_per_token
+        cfg.run.fused_lanes, cfg.run.guide_lanes = run.fused_lanes, run.guide_lanes
+
+    def load(cfg: _Config) -> None:
+        """Load the configuration's models and decode its first batch (timed, part of the first
+        repeat): its peak memory is measured over both, with nothing else running."""
         meter.start()
         cfg.context = models.context(dtype, w2s=cfg.w2s, fuse=True)
         if cfg.method is not None:
             artifact = artifacts[(cfg.method, cfg.w2s)]
             cfg.guide = _method(cfg.method).guide(artifact, task, cfg.context)
-        timed(cfg)
+        timed(cfg, 0, 0)
         cfg.peak_memory_mb = meter.peak_mb()
 
     def unload(cfg: _Config) -> None:
         cfg.context = cfg.guide = None
         gc.collect()
 
-    if preset.interleave:  # later repeats round-robin: a drifting machine load hits all alike
+    later = [
+        (repeat, batch)
+        for repeat in range(preset.repeats)
+        for batch in range(len(rows.batches))
+        if (repeat, batch) != (0, 0)
+    ]
+    if preset.interleave:  # batch by batch, round-robin: a drifting load hits every config alike
         for cfg in configs:
-            load_and_time(cfg)
-        for _ in range(preset.repeats - 1):
+            load(cfg)
+        for repeat, batch in later:
             for cfg in configs:
-                timed(cfg)
+                timed(cfg, repeat, batch)
         for cfg in configs:
             unload(cfg)
     else:
         for cfg in configs:
-            load_and_time(cfg)
-            for _ in range(preset.repeats - 1):
-                timed(cfg)
+            load(cfg)
+            for repeat, batch in later:
+                timed(cfg, repeat, batch)
             unload(cfg)
+    for cfg in configs:
+        log(f"  [{dtype}] {cfg.name}: " + ", ".join(f"{t:.2f} s" for t in cfg.times))
 
     base = configs[0]
     assert base.run is not None

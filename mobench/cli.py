@@ -495,6 +495,7 @@ def bench(
 ) -> None:
     """Time mobench's guided decoding against plain decoding and the reference loop."""
     import dataclasses
+    import warnings
 
     from mobench.bench import BENCH_PRESETS, run_bench, torch_threads
 
@@ -504,6 +505,7 @@ def bench(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model copy otherwise
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft, per copy
     try:
         if preset not in BENCH_PRESETS:
             raise ConfigError(

@@ -226,6 +226,32 @@ def test_inactive_rows_equal_base_model_exactly(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_inference_path_equals_training_path(kind: str) -> None:
+    """Without gradients the layers compute the update only on the active rows (a tail of the
+    batch, as in a fused base + guide batch) from per-row cores built once per alpha change:
+    the same logits as the general (training) path, inactive rows exactly the base."""
+    base, model, ctx = adapted_llama(kind)
+    ids = input_ids()
+    tail = torch.tensor([False, False, True, True])
+    for alphas, active in ((ALPHAS, tail), (ALPHAS, None), (ALPHAS[2], tail), (ALPHAS[2], None)):
+        with ctx.use(alphas, active):
+            want = model(ids).logits.detach()  # gradients on: the general path
+            with torch.no_grad():
+                got, again = model(ids).logits, model(ids).logits  # second: cached cores
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert torch.equal(again, got)
+    ctx.set(ALPHAS, tail)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits[:2], base(ids).logits[:2])
+    ctx.select(torch.tensor([3, 0, 2]))  # the mask stops being a tail: general path, no stale core
+    with torch.no_grad():
+        got = model(ids[[3, 0, 2]]).logits
+    ctx.clear()
+    with ctx.use(ALPHAS[[3, 0, 2]], torch.tensor([True, False, True])):
+        torch.testing.assert_close(got, model(ids[[3, 0, 2]]).logits.detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_input_shapes_and_dtypes(kind: str) -> None:
     layer = make_layer(kind, linear())
     x3 = torch.randn(4, 5, 16)
