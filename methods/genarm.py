@@ -369,3 +369,9 @@ class GenARM(Method):
 
     def trainable_parameters(self, artifacts: Path) -> int:
         return safetensors_numel(sorted(artifacts.glob("*/adapter_model.safetensors")))
+
+    @classmethod
+    def estimated_forwards_per_token(cls, spec: RunSpec) -> dict[str, int] | None:
+        """1 base + one ARM evaluation per objective per token (METHODS §3.3), as separate
+        forwards or lanes of one fused forward."""
+        return {"base": 1, "guide": len(spec.objectives)}

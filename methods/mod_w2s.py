@@ -455,3 +455,9 @@ class MODw2s(Method):
 
     def trainable_parameters(self, artifacts: Path) -> int:
         return safetensors_numel(sorted(artifacts.glob("*/adapter_model.safetensors")))
+
+    @classmethod
+    def estimated_forwards_per_token(cls, spec: RunSpec) -> dict[str, int] | None:
+        """1 large-base + (k + 1) small evaluations per token: k policies and the reference
+        (METHODS §6.2), as separate forwards or lanes of one forward."""
+        return {"base": 1, "guide": len(spec.objectives) + 1}

@@ -487,6 +487,12 @@ class PreferenceARM(Method):
     def trainable_parameters(self, artifacts: Path) -> int:
         return count_saved_adapter_parameters(artifacts / ADAPTER_FILE)
 
+    @classmethod
+    def estimated_forwards_per_token(cls, spec: RunSpec) -> dict[str, int] | None:
+        """1 base + 1 preference-ARM evaluation per token, whatever the number of objectives
+        (separate forwards, or two lanes of one fused forward)."""
+        return {"base": 1, "guide": 1}
+
 
 @register_method("parm")
 class PARM(PreferenceARM):

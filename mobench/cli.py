@@ -20,6 +20,10 @@ from rich.table import Table
 from mobench.config import ConfigError, parse_set_option
 from mobench.data import DataError
 from mobench.registry import TASKS, UnknownNameError, all_presets, get_method
+from mobench.tasks.trained_scorer import ScorerRecipe
+
+#: ``mobench train-scorer``'s defaults are the recipe's (one home for them)
+_RECIPE = ScorerRecipe(objective="")
 
 app = typer.Typer(
     add_completion=False,
@@ -160,8 +164,23 @@ def run(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="override any field: method.X=V, generation.X=V, preset.X=V"),
+        typer.Option(
+            "--set", help="override any field: method.X=V, generation.X=V, preset.X=V, task.X=V"
+        ),
     ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="local copy of the data sets (e.g. ../shared/data); the mini presets need it"
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="print the resolved spec, what it would load, and the work; load nothing",
+        ),
+    ] = False,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -213,7 +232,11 @@ def run(
             dtype=dtype,
             device=device,
             overrides=parse_set_option(set_ or []),
+            data_dir=data_dir,
         )
+        if dry_run:
+            _print_dry_run(pipeline.describe_run(spec), out or pipeline.default_run_dir(spec))
+            return
         run_dir = out or pipeline.default_run_dir(spec)
         where = f" (shard {this_shard})" if this_shard else ""
         err_console.print(f"run {spec.run_name} -> {run_dir}{where}", highlight=False)
@@ -245,6 +268,108 @@ def run(
         )
         return
     _print_summary(result.metrics, result.run_dir)
+
+
+def _print_dry_run(description: dict[str, Any], run_dir: Path) -> None:
+    """The --dry-run report: one section per part, values as compact JSON."""
+    import json
+
+    console.print(f"[bold]dry run[/]: {description['run']} -> {run_dir} (nothing loaded)")
+    for section in ("spec", "models", "data", "scorers", "work"):
+        console.print(f"[bold]{section}[/]")
+        for key, value in description[section].items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            console.print(f"  {key}: {text}", highlight=False, soft_wrap=True)
+
+
+@app.command("train-scorer")
+def train_scorer(
+    objective: Annotated[
+        str, typer.Option(help="the objective whose label is read (helpful, harmless)")
+    ],
+    data: Annotated[
+        list[str],
+        typer.Option(help="HH-RLHF / PKU-SafeRLHF file in its upstream schema (repeatable)"),
+    ],
+    backbone: Annotated[str, typer.Option(help="causal LM under the reward head")] = (
+        _RECIPE.backbone
+    ),
+    out: Annotated[
+        Path | None, typer.Option(help="folder for the scorer (default: mobench's cache, by hash)")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="folder that data-dir: references in --data point into")
+    ] = None,
+    part: Annotated[
+        str, typer.Option(help="scorer | task | none: half of the first-user-turn partition")
+    ] = str(_RECIPE.part),
+    train_pairs: Annotated[int, typer.Option(help="training pairs (at most)")] = (
+        _RECIPE.train_pairs
+    ),
+    heldout_pairs: Annotated[int, typer.Option(help="held-out pairs for the accuracy")] = (
+        _RECIPE.heldout_pairs
+    ),
+    max_length: Annotated[int, typer.Option(help="tokens per conversation, cut from the left")] = (
+        _RECIPE.max_length
+    ),
+    epochs: Annotated[float, typer.Option(help="passes over the training pairs")] = _RECIPE.epochs,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate")] = (
+        _RECIPE.learning_rate
+    ),
+    batch_size: Annotated[int, typer.Option(help="pairs per step")] = _RECIPE.batch_size,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank (lora_alpha = 2 r)")] = _RECIPE.lora_r,
+    lora_layers: Annotated[int, typer.Option(help="LoRA on the last N layers")] = (
+        _RECIPE.lora_layers
+    ),
+    seed: Annotated[int, typer.Option(help="held-out choice, order, head init")] = _RECIPE.seed,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N")] = "cpu",
+) -> None:
+    """Train a reward model for one objective on real preference pairs (trl RewardTrainer) and
+    report its held-out pair accuracy. Use it in a preset as scorer ``trained:FOLDER``."""
+    from mobench.data import resolve_data_dir_refs
+
+    try:
+        from mobench.tasks.trained_scorer import (
+            ScorerRecipe,
+            check_recipe,
+            ensure_trained,
+            train_reward_model,
+        )
+
+        recipe = ScorerRecipe(
+            objective=objective,
+            data=tuple(resolve_data_dir_refs(d, data_dir) for d in data),
+            backbone=backbone,
+            part=None if part in ("none", "null", "") else part,
+            train_pairs=train_pairs,
+            heldout_pairs=heldout_pairs,
+            max_length=max_length,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            lora_r=lora_r,
+            lora_layers=lora_layers,
+            seed=seed,
+        )
+        check_recipe(recipe)
+        folder = (
+            train_reward_model(recipe, out, device=device)
+            if out
+            else ensure_trained(recipe, device=device)
+        )
+    except _user_errors() as e:
+        _fail(str(e))
+        return
+    import json
+
+    meta = json.loads((folder / "scorer.json").read_text())
+    console.print(
+        f"{objective}: held-out pair accuracy {meta['heldout_accuracy']:.3f} on "
+        f"{meta['heldout_pairs']} pairs (trained on {meta['train_pairs']}, "
+        f"{meta['train_s']:.0f} s)",
+        highlight=False,
+    )
+    console.print(f"scorer spec: trained:{folder}", highlight=False, soft_wrap=True)
 
 
 def _parse_device_map(text: str | None) -> str | dict[str, Any] | None:

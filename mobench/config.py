@@ -63,6 +63,8 @@ class Preset:
         batch_size: decoding rows per batch (an execution detail, not part of the spec hash).
         templates: model source -> prompt template with ``{prompt}``, for models without a chat
             template or where the paper used a specific one.
+        task_options: how the task prepares its data (relabelling, filters, ...); keys and
+            defaults are the task's ``default_options``; unknown keys are refused.
     """
 
     name: str
@@ -82,6 +84,7 @@ class Preset:
     dtype: str = "auto"
     batch_size: int = 16
     templates: dict[str, str] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class RunSpec:
     dtype: str
     device: str
     templates: dict[str, str] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -258,16 +262,17 @@ def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
 def parse_set_option(items: list[str]) -> dict[str, dict[str, Any]]:
     """Parse ``--set section.field=value`` options (value parsed as JSON, else a string).
 
-    Sections: ``method`` (the method's config), ``generation``, ``preset``.
+    Sections: ``method`` (the method's config), ``generation``, ``preset``, ``task`` (the
+    task's data options, e.g. ``task.relabel=all``).
     """
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         section, dot, name = key.partition(".")
-        if not sep or not dot or section not in ("method", "generation", "preset"):
+        if not sep or not dot or section not in ("method", "generation", "preset", "task"):
             raise ConfigError(
                 f"cannot read --set '{item}'; write section.field=value with section one of "
-                "method, generation, preset (e.g. --set method.learning_rate=1e-4)"
+                "method, generation, preset, task (e.g. --set method.learning_rate=1e-4)"
             )
         try:
             value = json.loads(raw)

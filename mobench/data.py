@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,34 @@ Conversation = list[dict[str, str]]
 
 class DataError(ValueError):
     """A data file or row that mobench cannot use; the message names where and what."""
+
+
+#: a path inside the local data folder (``mobench run --data-dir DIR``), e.g.
+#: ``data-dir:hh-rlhf/helpful-base/test.jsonl.gz``; presets that read real local data use it
+DATA_DIR_PREFIX = "data-dir:"
+
+
+def resolve_data_dir_refs(text: str, data_dir: str | Path | None) -> str:
+    """Replace every ``data-dir:`` reference in ``text`` by the data folder's absolute path.
+
+    The folder is ``data_dir``, else ``$MOBENCH_DATA_DIR``. Text without a reference is
+    returned unchanged.
+
+    Raises:
+        DataError: ``text`` refers to the data folder but none is given, or it does not exist.
+    """
+    if DATA_DIR_PREFIX not in text:
+        return text
+    folder = data_dir if data_dir is not None else os.environ.get("MOBENCH_DATA_DIR")
+    if folder is None:
+        raise DataError(
+            f"'{text}' reads files from a local data folder: pass --data-dir DIR (e.g. "
+            "../shared/data, holding hh-rlhf/ and pku-saferlhf/) or set MOBENCH_DATA_DIR"
+        )
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"data folder {folder} does not exist; pass an existing --data-dir")
+    return text.replace(DATA_DIR_PREFIX, f"{root}/")
 
 
 @dataclass
@@ -71,6 +100,9 @@ class Splits:
     train: list[PreferencePair]
     validation: list[PreferencePair]
     test: list[PreferencePair]
+    #: how the rows were prepared (source, skipped rows, filters, relabelling); the pipeline
+    #: writes it to the run's ``data.json``
+    info: dict[str, Any] = field(default_factory=dict)
 
     def ids(self) -> dict[str, list[str]]:
         return {

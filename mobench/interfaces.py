@@ -36,6 +36,12 @@ class Scorer(ABC):
     def score(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> np.ndarray:
         """Return a float array of shape ``(N,)``: one score per (prompt, response) pair."""
 
+    @property
+    def info(self) -> dict[str, Any]:
+        """Facts about the scorer worth keeping with a run (e.g. a trained scorer's held-out
+        pair accuracy); written to the run's ``scorers.json``."""
+        return {}
+
 
 class Guide(ABC):
     """What a method contributes at decoding time: per-row guidance log-probs for the next token.
@@ -108,6 +114,32 @@ class Task(ABC):
     name: ClassVar[str]
     #: order = alpha order, e.g. ("helpful", "harmless")
     objectives: ClassVar[tuple[str, ...]]
+    #: the task's data options and their defaults (a preset's ``task_options`` and
+    #: ``--set task.KEY=VALUE`` override them; unknown keys are refused)
+    default_options: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def local_data(cls, data_dir: Path, data: str) -> str:
+        """The data string that reads ``data`` (a hub source) from a local copy in ``data_dir``.
+
+        Raises:
+            ConfigError: the task has no local layout, or the copy lacks the files.
+        """
+        from mobench.config import ConfigError
+
+        raise ConfigError(
+            f"task '{cls.name}' cannot read its data from --data-dir; pass --data FILE"
+        )
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Raise :class:`~mobench.config.ConfigError` for a bad value in the task's options
+        (``options`` already holds every key of ``default_options``). Default: any value."""
+        return None
+
+    def describe_data(self, spec: RunSpec) -> dict[str, Any]:
+        """What :meth:`load` would read and do, WITHOUT reading it (``mobench run --dry-run``)."""
+        return {"source": spec.data}
 
     @abstractmethod
     def load(self, spec: RunSpec) -> Splits:
@@ -170,6 +202,12 @@ class Method(ABC):
     @abstractmethod
     def trainable_parameters(self, artifacts: Path) -> int:
         """Number of trained parameters in the saved guide (the papers compare these)."""
+
+    @classmethod
+    def estimated_forwards_per_token(cls, spec: RunSpec) -> dict[str, int] | None:
+        """Forward passes per generated token by model ("base", "guide", ...), when known
+        without loading anything (``mobench run --dry-run`` uses it); None = unknown."""
+        return None
 
     def random_guide(self, task: Task, models: ModelContext, out_dir: Path, seed: int) -> None:
         """Save, like :meth:`train`, a guide with the trained shapes but random weights (every

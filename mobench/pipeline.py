@@ -34,7 +34,7 @@ from mobench.config import (
     apply_overrides,
     parse_alphas,
 )
-from mobench.data import PreferencePair
+from mobench.data import DATA_DIR_PREFIX, PreferencePair, resolve_data_dir_refs
 from mobench.interfaces import Method, Task
 from mobench.registry import get_method, get_preset, get_task
 from mobench.runs import IncompleteShardsError, RunDirectory, RunDirError
@@ -88,8 +88,14 @@ def resolve_spec(
     dtype: str | None = None,
     device: str = "auto",
     overrides: dict[str, dict[str, Any]] | None = None,
+    data_dir: str | Path | None = None,
 ) -> RunSpec:
-    """Combine a task, a method and a preset with command-line overrides into a RunSpec."""
+    """Combine a task, a method and a preset with command-line overrides into a RunSpec.
+
+    ``data_dir`` is a local copy of the data sets (``--data-dir``): ``data-dir:`` references in
+    the data and scorer strings point into it, and a hub data source is replaced by the task's
+    local copy there (:meth:`Task.local_data`).
+    """
     from mobench.models import resolve_device, resolve_dtype
 
     overrides = overrides or {}
@@ -125,6 +131,12 @@ def resolve_spec(
         raise ConfigError("--limit must be at least 1")
     dev = resolve_device(device)
     base = base_model or p.base_model
+    data_source = data or p.data
+    if data_dir is not None and not data and DATA_DIR_PREFIX not in data_source:
+        data_source = task_cls.local_data(Path(data_dir), data_source)
+    data_source = resolve_data_dir_refs(data_source, data_dir)
+    scorers = {o: resolve_data_dir_refs(s, data_dir) for o, s in p.scorers.items()}
+    task_options = _task_options(task_cls, p.task_options, overrides.get("task", {}))
     return RunSpec(
         task=task,
         method=method,
@@ -132,7 +144,7 @@ def resolve_spec(
         objectives=objectives,
         base_model=base,
         guide_model=guide_model or p.guide_model or base,
-        data=data or p.data,
+        data=data_source,
         split_sizes=p.split_sizes,
         split_seed=p.split_seed if seed is None else seed,
         test_limit=limit if limit is not None else p.test_limit,
@@ -140,12 +152,30 @@ def resolve_spec(
         alphas=tuple(tuple(float(a) for a in row) for row in grid_arr),
         generation=gen,
         method_config=_plain(dataclasses.asdict(method_config)),
-        scorers=dict(p.scorers),
+        scorers=scorers,
         hv_ref_point=tuple(float(v) for v in p.hv_ref_point),
         dtype=resolve_dtype(dtype or p.dtype, dev),
         device=dev,
         templates=dict(p.templates),
+        task_options=task_options,
     )
+
+
+def _task_options(
+    task_cls: type[Task], preset_options: dict[str, Any], overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """The task's default options, then the preset's, then ``--set task.X=V``; all checked."""
+    known = dict(task_cls.default_options)
+    for where, given in (("preset task_options", preset_options), ("--set task.", overrides)):
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown task option(s) {', '.join(unknown)} in {where} for task "
+                f"'{task_cls.name}'; known: {', '.join(sorted(known)) or 'none'}"
+            )
+    options = {**known, **preset_options, **overrides}
+    task_cls.check_options(options)
+    return options
 
 
 def _plain(obj: Any) -> Any:
@@ -286,7 +316,8 @@ def execute_run(
     try:
         if run.read("env.json") is None:
             run.write("env.json", environment(work))
-        splits, test = _load_splits(run, task, spec)
+        # the data step may build scorers (relabelling): on this rank's device
+        splits, test = _load_splits(run, task, work)
         if spec.guide_model != spec.base_model:
             load_tokenizers(spec)  # weak-to-strong: refuse tokenizers that differ before training
         mine = shard_items(test, shard)
@@ -320,7 +351,12 @@ def _merge_shard_files(run: RunDirectory, count: int) -> None:
 
 def _load_splits(run: RunDirectory, task: Task, spec: RunSpec) -> tuple[Any, list[PreferencePair]]:
     """The task's splits (checked against, or saved as, split.json) and the generation prompts."""
+    t0 = time.perf_counter()
     splits = task.load(spec)
+    if splits.info and run.read("data.json") is None:  # the first load is the record
+        run.write("data.json", splits.info)
+        # reading, relabelling (and training the scorers it needs, when not cached)
+        _update_timing(run, "data", wall_s=time.perf_counter() - t0)
     stored_ids = run.read("split.json")
     if stored_ids is not None and stored_ids != splits.ids():
         raise RunDirError(
@@ -715,6 +751,13 @@ def _score(
     progress.start("score", n_todo)
     t0 = time.perf_counter()
     scorers = task.scorers(spec, spec.device)
+    run.write(
+        "scorers.json",
+        {
+            obj: {"spec": spec.scorers.get(obj), "fingerprint": s.fingerprint, **s.info}
+            for obj, s in scorers.items()
+        },
+    )
     for obj, keys in todo.items():
         scorer = scorers[obj]
         # One call per prompt (its alpha front): a row is scored in the same batch in every
@@ -789,3 +832,78 @@ def _metrics(
     )
     run.write("metrics.json", metrics)
     return metrics
+
+
+# ------------------------------------------------------------------------------- dry run
+
+
+def _model_origin(source: str) -> str:
+    """Where a model source would come from, decided without loading or converting it."""
+    from mobench.models import PACKAGED_MODELS
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return "local folder"
+    if path.suffix == ".gguf":
+        return "GGUF file (converted once to safetensors)"
+    if source in PACKAGED_MODELS:
+        return f"packaged alias of {PACKAGED_MODELS[source].hub_id}"
+    return "Hugging Face hub"
+
+
+def describe_run(spec: RunSpec) -> dict[str, Any]:
+    """What ``execute_run(spec)`` would load and do, and how much work it is, without loading
+    any model or data set (``mobench run --dry-run``)."""
+    from mobench.tasks.scorers import describe_scorer
+
+    task = get_task(spec.task)()
+    method_cls = get_method(spec.method)
+    n_train, _, n_test = spec.split_sizes
+    prompts = n_test if spec.test_limit is None else min(n_test, spec.test_limit)
+    rows = prompts * len(spec.alphas)
+    tokens = rows * spec.generation.max_new_tokens
+    per_token = method_cls.estimated_forwards_per_token(spec)
+    cfg = spec.method_config
+    train: dict[str, Any] = {"pairs_at_most": n_train}
+    for key in ("epochs", "max_steps", "per_device_batch_size", "gradient_accumulation_steps"):
+        if key in cfg:
+            train[key] = cfg[key]
+    generation: dict[str, Any] = {
+        "test_prompts": prompts,
+        "alphas": len(spec.alphas),
+        "rows": rows,
+        "max_new_tokens": spec.generation.max_new_tokens,
+        "generated_tokens_at_most": tokens,
+        "decoding": "sampling" if spec.generation.sampling else "greedy",
+        "beta": spec.generation.beta,
+    }
+    if per_token is not None:
+        # model evaluations per generated token (a fused forward counts each lane)
+        generation["evaluations_per_token"] = per_token
+        generation["model_evaluations_at_most"] = {m: n * tokens for m, n in per_token.items()}
+    else:
+        generation["evaluations_per_token"] = "not known before the guide is built"
+    models: dict[str, Any] = {
+        "base": {"source": spec.base_model, "from": _model_origin(spec.base_model)}
+    }
+    models["guide backbone"] = (
+        {"source": spec.guide_model, "from": _model_origin(spec.guide_model)}
+        if spec.guide_model != spec.base_model
+        else "same as base"
+    )
+    for role, source in (("base", spec.base_model), ("guide backbone", spec.guide_model)):
+        entry = models[role]
+        if source in spec.templates and isinstance(entry, dict):
+            entry["template"] = spec.templates[source]
+    return {
+        "run": spec.run_name,
+        "spec": spec.to_json(),
+        "models": models,
+        "data": task.describe_data(spec),
+        "scorers": {o: describe_scorer(spec.scorers[o], o) for o in spec.objectives},
+        "work": {
+            "train": train,
+            "generate": generation,
+            "score": {"responses": rows, "scorer_calls": rows * len(spec.objectives)},
+        },
+    }

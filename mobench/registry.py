@@ -86,6 +86,7 @@ TASKS: Registry[type[Task]] = Registry(
     "mobench.tasks",
     {
         "safety": "mobench.tasks.safety",
+        "helpful": "mobench.tasks.helpful",
     },
 )
 

@@ -8,6 +8,8 @@ Pure Python (plus numpy); no torch. Every function here turns upstream rows into
   :func:`truncate_at_new_turn`, :func:`render_hh_query`.
 * PKU-SafeRLHF, both the v0 ("10K") and the v1 schema: :func:`detect_pku_schema`,
   :func:`pku_record_to_pair`, :func:`load_pku_file`.
+* mobench's own pair format (``{"prompt": [turns] | str, "responses": [a, b], "labels":
+  {objective: 0 | 1}}``, optional ``id``): :func:`load_pair_file`.
 * Shared: :func:`shuffle_pair_order` (random response order, labels flipped with it) and
   :func:`relabel` (PARM-style relabelling with a scorer, METHODS §7.1: higher score wins,
   ties go to index 1).
@@ -430,6 +432,83 @@ def load_pku_file(path: str | Path) -> list[PreferencePair]:
             )
         seen[pair.id] = row
         pairs.append(pair)
+    return pairs
+
+
+# --------------------------------------------------------------------------------------------
+# mobench's own pair format
+# --------------------------------------------------------------------------------------------
+
+
+def _pair_prompt(value: Any, where: str) -> Conversation:
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where}: prompt is empty; give the user's message")
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: prompt must be a string or a non-empty list of turns")
+    conv: Conversation = []
+    for k, turn in enumerate(value):
+        expected = "user" if k % 2 == 0 else "assistant"
+        if not isinstance(turn, dict) or turn.get("role") != expected:
+            raise DataError(
+                f"{where}: prompt turn {k + 1} must be {{'role': '{expected}', 'content': ...}}; "
+                "turns alternate user/assistant, starting with user"
+            )
+        if not isinstance(turn.get("content"), str):
+            raise DataError(f"{where}: prompt turn {k + 1} has no text content")
+        conv.append({"role": expected, "content": turn["content"]})
+    if conv[-1]["role"] != "user":
+        raise DataError(f"{where}: the prompt must end with a user turn")
+    return conv
+
+
+def load_pair_file(path: str | Path, objectives: Sequence[str]) -> list[PreferencePair]:
+    """Load mobench's own pair format: one object per row with ``prompt`` (a string or a list of
+    ``{"role", "content"}`` turns ending with the user), ``responses`` (two strings), ``labels``
+    (objective -> index of the preferred response; objectives may be left out) and an
+    optional unique ``id`` (default ``pairs:ROW``).
+
+    Raises:
+        DataError: naming the file, the row and the problem.
+    """
+    pairs: list[PreferencePair] = []
+    seen: dict[str, int] = {}
+    for row, rec in iter_records(path):
+        where = f"{path}: row {row}"
+        require_fields(path, row, rec, ("prompt", "responses", "labels"))
+        responses = rec["responses"]
+        if (
+            not isinstance(responses, list)
+            or len(responses) != 2
+            or not all(isinstance(r, str) and r.strip() for r in responses)
+        ):
+            raise DataError(f"{where}: responses must be a list of two non-empty strings")
+        labels = rec["labels"]
+        if not isinstance(labels, dict):
+            raise DataError(f"{where}: labels must be an object {{objective: 0 or 1}}")
+        unknown = sorted(set(labels) - set(objectives))
+        if unknown:
+            raise DataError(
+                f"{where}: labels for unknown objective(s) {', '.join(unknown)}; this task's "
+                f"objectives are {', '.join(objectives)}"
+            )
+        for objective, value in labels.items():
+            if isinstance(value, bool) or value not in (0, 1):
+                raise DataError(f"{where}: labels.{objective} is {value!r}; it must be 0 or 1")
+        pair_id = str(rec["id"]) if rec.get("id") not in (None, "") else f"pairs:{row}"
+        if pair_id in seen:
+            raise DataError(f"{where}: id {pair_id!r} already used by row {seen[pair_id]}")
+        seen[pair_id] = row
+        pairs.append(
+            PreferencePair(
+                id=pair_id,
+                prompt=_pair_prompt(rec["prompt"], where),
+                responses=(responses[0], responses[1]),
+                labels={k: int(v) for k, v in labels.items()},
+                meta={"source": "mobench-pairs", "row": row},
+            )
+        )
     return pairs
 
 

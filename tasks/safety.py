@@ -4,76 +4,108 @@ Objectives, in alpha order: ("helpful", "harmless"). Labels: better_response_id 
 safer_response_id -> harmless. Scores are "higher is better" (harmless = -cost for the beaver
 cost model).
 
-Data sources: a hub id (``datasets.load_dataset``), a local .json/.jsonl(.gz)/.parquet file in
-either upstream schema, or ``builtin:NAME`` for a file shipped in ``mobench/tasks/data``.
+Data (see :mod:`mobench.tasks.sources` for the string grammar):
+
+* hub: ``PKU-Alignment/PKU-SafeRLHF-10K`` (the papers' release, train split; the ``paper``
+  preset's default), or the v1 release ``PKU-Alignment/PKU-SafeRLHF`` with ``?config=alpaca-7b``
+  etc.; ``@REVISION`` pins a revision, ``?split=test`` picks another split;
+* a local .json/.jsonl/.jsonl.gz/.parquet file in the v0 ("10K") or v1 schema;
+* ``builtin:safety_tiny.jsonl`` (140 hand-written pairs, the ``tiny`` preset).
+
+Rows are prepared by :class:`~mobench.tasks.preference.PreferenceTask` (partition, order,
+seeded split, PARM's 1024-character training filter, relabelling with the preset's scorers).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mobench.tasks.formats import load_pku_file, pku_record_to_pair
-from mobench.tasks.scorers import build_scorer
+from mobench.tasks.preference import PreferenceTask
+from mobench.tasks.sources import load_hub_rows, parse_data_string
 
-from mobench.config import GenerationConfig, Preset
-from mobench.data import DataError, PreferencePair, Splits, seeded_split
-from mobench.interfaces import Scorer, Task
+from mobench.config import ConfigError, GenerationConfig, Preset
+from mobench.data import DATA_DIR_PREFIX, DataError, PreferencePair
 from mobench.registry import register_preset, register_task
 
 if TYPE_CHECKING:
     from mobench.config import RunSpec
 
-DATA_DIR = Path(__file__).parent / "data"
-
 #: the safe-rlhf template of Alpaca-7B and the beaver models (METHODS §7.1)
 SAFE_RLHF_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
+#: the Alpaca instruction template of the weak-to-strong base alpaca-lora-65B (METHODS §7.1)
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{prompt}\n\n### Response:\n"
+)
+
+PKU_10K = "PKU-Alignment/PKU-SafeRLHF-10K"
+ALPACA_7B = "PKU-Alignment/alpaca-7b-reproduced"
+ALPACA_65B_GPTQ = "TheBloke/alpaca-lora-65B-GPTQ"
+#: where a local data folder (``--data-dir``) keeps PKU-SafeRLHF files
+LOCAL_FOLDER = "pku-saferlhf"
+_SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".parquet")
 
 
-def resolve_builtin(source: str) -> Path:
-    """``builtin:NAME`` -> the packaged file ``mobench/tasks/data/NAME``."""
-    name = source.removeprefix("builtin:")
-    path = DATA_DIR / name
-    if not path.exists():
-        known = ", ".join(sorted(p.name for p in DATA_DIR.iterdir() if not p.name.startswith(".")))
-        raise DataError(f"no built-in data set '{name}'; known: {known}")
-    return path
+def read_pku_source(data: str) -> tuple[list[PreferencePair], dict[str, Any]]:
+    """The rows of a PKU-SafeRLHF data string (before any preparation), and where they came
+    from."""
+    source = parse_data_string(data, SafetyTask.source_options)
+    if source.kind == "hub":
+        split = source.options.get("split", "train")
+        records = load_hub_rows(source, split=split, name=source.options.get("config"))
+        where = f"{source.location}[{split}]"
+        rows = [pku_record_to_pair(rec, i, where) for i, rec in enumerate(records, start=1)]
+        return rows, {"source": data, "kind": "hub", "split": split}
+    if source.options:
+        raise DataError(
+            f"data '{data}': ?{', '.join(source.options)} applies to hub data sets only"
+        )
+    if source.path.is_dir():
+        raise DataError(f"{source.path} is a folder; pass one PKU-SafeRLHF file")
+    return load_pku_file(source.path), {"source": data, "kind": source.kind}
 
 
-def load_pku_source(source: str) -> list[PreferencePair]:
-    """Rows from a local file, a built-in file, or a hub data set id (train split)."""
-    if source.startswith("builtin:"):
-        return load_pku_file(resolve_builtin(source))
-    path = Path(source).expanduser()
-    if path.exists():
-        return load_pku_file(path)
-    if path.suffix or source.startswith((".", "/", "~")):
-        raise DataError(f"data file {source} does not exist")
-    from datasets import load_dataset
-
-    hub_id, _, split = source.partition("@")  # "PKU-Alignment/PKU-SafeRLHF-10K@train"
-    ds = load_dataset(hub_id, split=split or "train")
-    return [pku_record_to_pair(dict(rec), i, source) for i, rec in enumerate(ds, start=1)]
+def load_pku_source(data: str) -> list[PreferencePair]:
+    """The rows of a PKU-SafeRLHF data string: a hub id, a local file or ``builtin:NAME``."""
+    return read_pku_source(data)[0]
 
 
 @register_task("safety")
-class SafetyTask(Task):
+class SafetyTask(PreferenceTask):
+    """PKU-SafeRLHF safety alignment: helpful vs harmless."""
+
     name = "safety"
     objectives = ("helpful", "harmless")
+    source_options = ("split", "config")
 
-    def load(self, spec: RunSpec) -> Splits:
-        rows = load_pku_source(spec.data)
-        return seeded_split(rows, spec.split_sizes, spec.split_seed)
+    def read_rows(self, spec: RunSpec) -> tuple[list[PreferencePair], dict[str, Any]]:
+        return read_pku_source(spec.data)
 
-    def scorers(self, spec: RunSpec, device: str) -> dict[str, Scorer]:
-        return {
-            obj: build_scorer(spec.scorers[obj], obj, device=device, dtype=spec.dtype)
-            for obj in self.objectives
-        }
+    @classmethod
+    def local_data(cls, data_dir: Path, data: str) -> str:
+        """``PKU-Alignment/NAME`` -> ``DIR/pku-saferlhf/NAME.{jsonl.gz,jsonl,json,parquet}``."""
+        source = parse_data_string(data, cls.source_options)
+        if source.kind != "hub":
+            return data
+        folder = Path(data_dir) / LOCAL_FOLDER
+        name = source.location.split("/")[-1]
+        for suffix in _SUFFIXES:
+            if (folder / f"{name}{suffix}").is_file():
+                return str(folder / f"{name}{suffix}")
+        found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        raise ConfigError(
+            f"no local copy of {source.location} in {folder} (looked for {name}"
+            f"{{{','.join(_SUFFIXES)}}}); found: {', '.join(found) or 'nothing'}; pass one of "
+            "them with --data FILE, or use the mini preset"
+        )
 
     def default_template(self) -> str:
         return SAFE_RLHF_TEMPLATE
 
+
+# ------------------------------------------------------------------------------------ presets
 
 register_preset(
     Preset(
@@ -104,5 +136,112 @@ register_preset(
         # proxy scores are probabilities in [0, 1]
         hv_ref_point=(0.0, 0.0),
         batch_size=22,
+    )
+)
+
+#: the mini presets' trained scorers (shared by both tasks, so each is trained once):
+#: helpfulness from HH helpful-base, harmlessness from HH harmless-base plus PKU safer pairs,
+#: each on the "scorer" half of the first-user-turn partition (the tasks use the other half)
+MINI_HELPFUL_SCORER = (
+    "trained:smollm2-135m-instruct?data=" + DATA_DIR_PREFIX + "hh-rlhf/helpful-base/test.jsonl.gz"
+)
+MINI_HARMLESS_SCORER = (
+    "trained:smollm2-135m-instruct?data="
+    + DATA_DIR_PREFIX
+    + "hh-rlhf/harmless-base/test.jsonl.gz,"
+    + DATA_DIR_PREFIX
+    + "pku-saferlhf/pku_saferlhf_test_safety_pairs_5135.jsonl.gz"
+)
+#: ARM training sizes for the mini presets (2 CPU cores, SmolLM2-135M, bf16 where native)
+MINI_TRAINING = {
+    "epochs": 1.0,
+    "per_device_batch_size": 4,
+    "gradient_accumulation_steps": 2,
+    "warmup_steps": 4,
+    "max_length": 192,
+    "max_prompt_length": 128,
+}
+
+register_preset(
+    Preset(
+        name="mini",
+        task="safety",
+        description=(
+            "CPU, offline, < 1 h (needs --data-dir): SmolLM2-135M-Instruct base and ARM "
+            "backbone on the real PKU-SafeRLHF test pairs (5135-row file), relabelled by "
+            "SmolLM2 reward models mobench trains on real HH-RLHF / PKU pairs"
+        ),
+        base_model="smollm2-135m-instruct",
+        data=DATA_DIR_PREFIX + "pku-saferlhf/pku_saferlhf_test_safety_pairs_5135.jsonl.gz",
+        split_sizes=(128, 16, 32),
+        split_seed=0,
+        generation=GenerationConfig(max_new_tokens=64),
+        training=dict(MINI_TRAINING),
+        scorers={"helpful": MINI_HELPFUL_SCORER, "harmless": MINI_HARMLESS_SCORER},
+        # trained scorers are standardised (held-out mean 0, std 1)
+        hv_ref_point=(-2.0, -2.0),
+        batch_size=22,
+        task_options={
+            "relabel": "all",
+            "part": "task",
+            "shuffle_responses": True,  # the file puts the safe response first
+            "train_max_chars": 1024,
+        },
+    )
+)
+
+register_preset(
+    Preset(
+        name="paper",
+        task="safety",
+        description=(
+            "GPU, hub: PKU-SafeRLHF-10K relabelled by beaver-7b-v1.0 reward/cost, 8000/500/1500, "
+            "Alpaca-7B base and ARM init, 512 new tokens, greedy, beta 1 (METHODS §7.1)"
+        ),
+        base_model=ALPACA_7B,
+        data=PKU_10K,
+        split_sizes=(8000, 500, 1500),
+        split_seed=0,
+        generation=GenerationConfig(max_new_tokens=512, sampling=False, beta=1.0),
+        training={},  # each method's own (official-code) defaults
+        scorers={
+            "helpful": "beaver-reward:PKU-Alignment/beaver-7b-v1.0-reward",
+            "harmless": "beaver-cost:PKU-Alignment/beaver-7b-v1.0-cost",
+        },
+        # PROVISIONAL: the papers' z is unknown (METHODS §8.3); a point below typical beaver
+        # scores. The report recomputes HV with one common reference point.
+        hv_ref_point=(-15.0, -15.0),
+        dtype="auto",
+        batch_size=22,
+        templates={ALPACA_7B: SAFE_RLHF_TEMPLATE},
+        task_options={"relabel": "all", "train_max_chars": 1024},
+    )
+)
+
+register_preset(
+    Preset(
+        name="paper-w2s",
+        task="safety",
+        description=(
+            "GPU, hub, weak-to-strong: Alpaca-7B ARM(s) guide alpaca-lora-65B (4-bit GPTQ; "
+            "needs a GPTQ backend such as gptqmodel), otherwise as paper (METHODS §7.1)"
+        ),
+        base_model=ALPACA_65B_GPTQ,
+        guide_model=ALPACA_7B,
+        data=PKU_10K,
+        split_sizes=(8000, 500, 1500),
+        split_seed=0,
+        generation=GenerationConfig(max_new_tokens=512, sampling=False, beta=1.0),
+        training={},
+        scorers={
+            "helpful": "beaver-reward:PKU-Alignment/beaver-7b-v1.0-reward",
+            "harmless": "beaver-cost:PKU-Alignment/beaver-7b-v1.0-cost",
+        },
+        hv_ref_point=(-15.0, -15.0),
+        dtype="auto",
+        batch_size=11,
+        # each model gets its training template (METHODS §10.5)
+        templates={ALPACA_65B_GPTQ: ALPACA_TEMPLATE, ALPACA_7B: SAFE_RLHF_TEMPLATE},
+        task_options={"relabel": "all", "train_max_chars": 1024},
     )
 )

@@ -5,17 +5,26 @@ A preset names each objective's scorer as ``KIND:SOURCE``:
 * ``yesno:MODEL`` — :class:`YesNoJudgeScorer`, a PROXY: an instruct LM is asked one yes/no
   question per objective; the score is P(Yes) / (P(Yes) + P(No)). It runs anywhere offline and
   is named as a proxy in every output; it is not one of the papers' reward models.
+* ``beaver-reward:MODEL`` / ``beaver-cost:MODEL`` — safe-rlhf score models (PKU beaver-7b-v1.0;
+  the cost is negated: harmless = -cost), ``seqcls:MODEL`` — a scalar sequence-classification
+  reward model fed the (HH query, response) pair (Ray2333's GPT-2 models), ``seqcls-logit1:MODEL``
+  — logit 1 of a classifier fed the response alone (the humor model). See
+  :mod:`mobench.tasks.reward_models`.
+* ``trained:RECIPE`` / ``trained:DIR`` — a reward model mobench trains itself with trl's
+  RewardTrainer on real preference pairs (:mod:`mobench.tasks.trained_scorer`).
 
-Tasks call :func:`build_scorer`; paper reward models register their kinds here as well.
+Tasks call :func:`build_scorer`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mobench.config import ConfigError
 from mobench.data import Conversation
 from mobench.interfaces import Scorer
 
@@ -121,16 +130,90 @@ class YesNoJudgeScorer(Scorer):
 
 ScorerFactory = Callable[..., Scorer]
 
+
+def _paper_kind(kind: str) -> ScorerFactory:
+    def build(objective: str, source: str, *, device: str, dtype: str, **kwargs: Any) -> Scorer:
+        from mobench.tasks.reward_models import load_paper_scorer
+
+        return load_paper_scorer(kind, source, objective, device=device, dtype=dtype, **kwargs)
+
+    return build
+
+
+def _trained(objective: str, source: str, *, device: str, dtype: str, **kwargs: Any) -> Scorer:
+    from mobench.tasks.trained_scorer import build_trained_scorer
+
+    return build_trained_scorer(objective, source, device=device, dtype=dtype, **kwargs)
+
+
 SCORER_KINDS: dict[str, ScorerFactory] = {
     "yesno": YesNoJudgeScorer,
+    "beaver-reward": _paper_kind("beaver-reward"),
+    "beaver-cost": _paper_kind("beaver-cost"),
+    "seqcls": _paper_kind("seqcls"),
+    "seqcls-logit1": _paper_kind("seqcls-logit1"),
+    "trained": _trained,
 }
+
+#: one line per kind for --dry-run
+SCORER_KIND_HELP = {
+    "yesno": "PROXY: SmolLM-style yes/no judge, P(Yes) (not a reward model)",
+    "beaver-reward": "safe-rlhf score model, end score (PKU beaver-7b-v1.0-reward)",
+    "beaver-cost": "safe-rlhf score model, minus the end score (PKU beaver-7b-v1.0-cost)",
+    "seqcls": "scalar sequence-classification reward model on (HH query, response)",
+    "seqcls-logit1": "classifier logit 1 on the response alone (humor)",
+    "trained": "reward model trained by mobench (trl RewardTrainer) on real preference pairs",
+}
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``KIND:SOURCE`` -> (kind, source), checking the kind.
+
+    Raises:
+        ConfigError: not ``KIND:SOURCE``, or an unknown kind.
+    """
+    kind, sep, source = spec.partition(":")
+    if not sep or not source:
+        raise ConfigError(f"scorer spec '{spec}' must look like KIND:SOURCE (e.g. yesno:MODEL)")
+    if kind not in SCORER_KINDS:
+        raise ConfigError(f"unknown scorer kind '{kind}'; known: {', '.join(sorted(SCORER_KINDS))}")
+    return kind, source
 
 
 def build_scorer(spec: str, objective: str, *, device: str, dtype: str, **kwargs: Any) -> Scorer:
     """Build the scorer named by ``KIND:SOURCE`` for ``objective``."""
-    kind, sep, source = spec.partition(":")
-    if not sep or not source:
-        raise ValueError(f"scorer spec '{spec}' must look like KIND:SOURCE (e.g. yesno:MODEL)")
-    if kind not in SCORER_KINDS:
-        raise ValueError(f"unknown scorer kind '{kind}'; known: {', '.join(sorted(SCORER_KINDS))}")
+    kind, source = split_spec(spec)
     return SCORER_KINDS[kind](objective, source, device=device, dtype=dtype, **kwargs)
+
+
+def scorer_cache_key(spec: str, objective: str) -> str:
+    """A file-name-safe key for caching this scorer's scores: kind, objective, and what
+    identifies the model (hub id; a local folder's config and weight sizes; a trained
+    scorer's recipe hash, with its data by content), without loading the model."""
+    import hashlib
+
+    from mobench.tasks.trained_scorer import source_digest, trained_identity
+
+    kind, source = split_spec(spec)
+    identity = trained_identity(source, objective) if kind == "trained" else source_digest(source)
+    digest = hashlib.sha256(f"{kind}|{objective}|{identity}".encode()).hexdigest()[:16]
+    return f"{kind}-{objective}-{digest}"
+
+
+def describe_scorer(spec: str, objective: str) -> dict[str, Any]:
+    """What the scorer is and what building it would do, without loading anything."""
+    kind, source = split_spec(spec)
+    out: dict[str, Any] = {"spec": spec, "kind": SCORER_KIND_HELP[kind]}
+    if kind == "trained":
+        from mobench.tasks.trained_scorer import parse_recipe, recipe_folder
+
+        folder = Path(source).expanduser()
+        if folder.is_dir():
+            out["folder"] = str(folder)
+        else:
+            recipe = parse_recipe(source, objective)
+            target = recipe_folder(recipe)
+            out["folder"] = str(target)
+            out["trained"] = (target / "scorer.json").is_file()
+            out["recipe"] = recipe.to_json()
+    return out

@@ -169,3 +169,42 @@ def unit_preset(tiny_model_dir: str) -> Any:
     preset = register_preset(make_unit_preset(tiny_model_dir))
     yield preset
     _PRESETS.pop(("safety", "unit"), None)
+
+
+def write_hh_file(path: Path, n: int) -> Path:
+    """An HH-RLHF ``.jsonl.gz`` of ``n`` rows with distinct questions (chosen: a real answer,
+    rejected: "No."), for training reward models on the tiny model."""
+    import gzip
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for i in range(n):
+            prefix = f"\n\nHuman: Question number {i}: how do I bake bread?\n\nAssistant:"
+            good = "Mix flour, water, salt and yeast, then knead and bake."
+            f.write(json.dumps({"chosen": f"{prefix} {good}", "rejected": f"{prefix} No."}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_scorer(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """(recipe, folder, root): a helpfulness reward model trained once per session with
+    mobench's RewardTrainer recipe on the tiny model (48 synthetic HH rows)."""
+    from mobench.tasks.trained_scorer import ScorerRecipe, ensure_trained
+
+    root = tmp_path_factory.mktemp("scorers")
+    data = write_hh_file(root / "data" / "helpful-base" / "train.jsonl.gz", 48)
+    recipe = ScorerRecipe(
+        objective="helpful",
+        data=(str(data),),
+        backbone=tiny_model_dir,
+        part=None,
+        train_pairs=24,
+        heldout_pairs=20,
+        max_length=64,
+        batch_size=8,
+        epochs=1.0,
+        lora_layers=1,
+        seed=0,
+    )
+    return recipe, ensure_trained(recipe, root / "cache"), root

@@ -508,3 +508,16 @@ def test_fingerprint_tracks_weights(tmp_path: Path, beaver: tuple[Path, list[flo
     ]
     assert prints[0] == prints[1] != prints[2]
     assert prints[0].endswith("|dtype=float32|max_length=1024")
+
+
+def test_preset_spec_strings_build_the_paper_scorers(beaver: tuple[Path, list[float]]) -> None:
+    """Presets name these scorers as KIND:SOURCE (tasks/scorers.py); the strings must reach
+    the same loaders, with the cost negated."""
+    from mobench.tasks.scorers import build_scorer
+
+    directory, expected = beaver
+    reward = build_scorer(f"beaver-reward:{directory}", "helpful", device="cpu", dtype="float32")
+    cost = build_scorer(f"beaver-cost:{directory}", "harmless", device="cpu", dtype="float32")
+    assert isinstance(reward, BeaverScorer) and isinstance(cost, BeaverScorer)
+    np.testing.assert_allclose(reward.score(PROMPTS, RESPONSES), expected, atol=1e-5)
+    np.testing.assert_allclose(cost.score(PROMPTS, RESPONSES), -np.array(expected), atol=1e-5)
