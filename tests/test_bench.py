@@ -109,5 +109,10 @@ def test_smoke_bench_writes_a_result_the_report_reads(tmp_path: Path) -> None:
         assert entry["reference"]["token_agreement"] == 1.0
         assert (entry["fused_lanes"] > 0) == (not entry["weak_to_strong"])
     assert {t["met"] for t in written["targets"]} <= {True, False}
+    # the fused floor: plain decoding of twice the rows, reported with the guided/unguided checks
+    floor = written["base"]["float32"]["x2_rows_over_base"]
+    assert floor > 0 and written["base"]["float32"]["x2_rows_median_s"] > 0
+    ratio_checks = [t for t in written["targets"] if "guided/unguided" in t["target"]]
+    assert ratio_checks and all(f"{floor:.2f}x the base" in t["floor"] for t in ratio_checks)
     bench, warnings = load_bench_results(tmp_path)
     assert not warnings and {b.method for b in bench} == {e["method"] for e in written["results"]}
