@@ -248,12 +248,16 @@ def load_hh_file(
                 raise
             skipped.append(str(e))
     if skipped:
+        # the first reason, without the "(fix the row, or ... skip_malformed=True ...)" hint,
+        # which is for strict loads: these rows were skipped on purpose
+        hint = r" \((fix|drop) the row, or load with skip_malformed[^)]*\)$"
+        first = re.sub(hint, "", skipped[0])
         log.warning(
-            "%s: skipped %d of %d rows that are not usable HH pairs; first: %s",
+            "%s: skipped %d of %d rows that are not usable HH pairs (first: %s)",
             path,
             len(skipped),
             len(skipped) + len(pairs),
-            " | ".join(skipped[:3]),
+            first.removeprefix(f"{path}: "),
         )
     return pairs, len(skipped)
 
