@@ -30,7 +30,6 @@ Nothing in mobench's core imports this module; the CLI imports it when ``mobench
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import datetime as _dt
 import gc
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mobench import allocator
 from mobench.config import ConfigError, GenerationConfig, alpha_grid
 from mobench.data import PreferencePair
 from mobench.decoding import guided_generate, stock_attention
@@ -203,9 +203,10 @@ class PeakMemory:
     * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the
       allocation at the start.
     * CPU (Linux): the resident set's high-water mark (VmHWM, reset by writing 5 to
-      /proc/self/clear_refs) minus the resident set at the start. glibc is told to serve every
-      allocation over 64 KiB with its own mapping (mallopt M_MMAP_THRESHOLD), so freed tensors
-      leave the resident set at once and the next configuration starts clean.
+      /proc/self/clear_refs) minus the resident set at the start. Free heap memory is given
+      back to the OS (``malloc_trim``) before each configuration starts, so it starts clean;
+      within it, freed tensors stay resident for reuse (:mod:`mobench.allocator`, as in
+      ``mobench run``), which the high-water mark counts.
     * Elsewhere: not measured (None).
     """
 
@@ -216,7 +217,6 @@ class PeakMemory:
             self.method = "cuda max_memory_allocated delta"
         elif _reset_rss_peak():
             self.method = "RSS high-water mark delta (Linux VmHWM, reset per configuration)"
-            _return_freed_memory_to_os()
         else:
             self.method = "not measured (needs Linux /proc/self/clear_refs or CUDA)"
 
@@ -228,7 +228,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start_mb = torch.cuda.memory_allocated() / 2**20
         elif self.method.startswith("RSS"):
-            _malloc_trim()
+            allocator.trim()
             self.start_mb = _proc_status_mb("VmRSS")
             _reset_rss_peak()
 
@@ -255,25 +255,6 @@ def _reset_rss_peak() -> bool:
     except (OSError, KeyError):
         return False
     return True
-
-
-def _libc() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def _return_freed_memory_to_os() -> None:
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so freed tensors are unmapped
-
-
-def _malloc_trim() -> None:
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
 
 
 # ---------------------------------------------------------------------------------- models
@@ -694,6 +675,8 @@ def run_bench(
     from mobench.registry import get_task
 
     device = resolve_device(preset.device)
+    if device == "cpu":
+        allocator.reuse_freed_memory()  # as mobench run does (timings of the same loop)
     meter = PeakMemory(device)
     task = get_task(OBJECTIVES_TASK)()
     models = _bench_models(preset, device)

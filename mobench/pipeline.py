@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mobench import __version__
+from mobench import __version__, allocator
 from mobench.config import (
     ConfigError,
     RunSpec,
@@ -243,6 +243,7 @@ def environment_info(device: str, dtype: str) -> dict[str, Any]:
         "device": device,
         "device_name": device_name,
         "torch_threads": torch.get_num_threads(),
+        "malloc": allocator.describe(),
         "dtype": dtype,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -304,6 +305,8 @@ def execute_run(
     from mobench.training import trainer_arguments as use_trainer_arguments
 
     progress = progress or NullProgress()
+    if spec.device == "cpu":
+        allocator.reuse_freed_memory()  # per-token logits tensors: no page faults each token
     run = RunDirectory.open(out_dir or default_run_dir(spec), spec, shard=shard)
     if batch_size is None:
         batch_size = get_preset(spec.task, spec.preset).batch_size
