@@ -36,7 +36,12 @@ from mobench.tasks.formats import (
     truncate_at_new_turn,
 )
 from mobench.tasks.preference import PreferenceTask
-from mobench.tasks.safety import MINI_HARMLESS_SCORER, MINI_HELPFUL_SCORER, MINI_TRAINING
+from mobench.tasks.safety import (
+    MINI_HARMLESS_SCORER,
+    MINI_HELPFUL_SCORER,
+    MINI_TRAINING,
+    TINY_TRAINING,
+)
 from mobench.tasks.sources import DataSource, load_hub_rows, parse_data_string
 
 from mobench.config import ConfigError, GenerationConfig, Preset
@@ -193,14 +198,7 @@ register_preset(
         split_seed=0,
         test_limit=4,
         generation=GenerationConfig(max_new_tokens=40),
-        training={
-            "max_steps": 12,
-            "per_device_batch_size": 4,
-            "gradient_accumulation_steps": 1,
-            "warmup_steps": 2,
-            "max_length": 256,
-            "max_prompt_length": 160,
-        },
+        training={**TINY_TRAINING, "max_steps": 12},  # 48 training pairs: one epoch
         scorers={
             "helpful": "yesno:smollm2-135m-instruct",
             "harmless": "yesno:smollm2-135m-instruct",

@@ -107,6 +107,16 @@ class SafetyTask(PreferenceTask):
 
 # ------------------------------------------------------------------------------------ presets
 
+#: ARM training sizes for the tiny presets (minutes on 2 CPU cores with SmolLM2-135M)
+TINY_TRAINING = {
+    "max_steps": 24,
+    "per_device_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "warmup_steps": 2,
+    "max_length": 256,
+    "max_prompt_length": 160,
+}
+
 register_preset(
     Preset(
         name="tiny",
@@ -121,14 +131,7 @@ register_preset(
         split_seed=0,
         test_limit=8,
         generation=GenerationConfig(max_new_tokens=48),
-        training={
-            "max_steps": 24,
-            "per_device_batch_size": 4,
-            "gradient_accumulation_steps": 1,
-            "warmup_steps": 2,
-            "max_length": 256,
-            "max_prompt_length": 160,
-        },
+        training=dict(TINY_TRAINING),
         scorers={
             "helpful": "yesno:smollm2-135m-instruct",
             "harmless": "yesno:smollm2-135m-instruct",

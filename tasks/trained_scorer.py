@@ -128,14 +128,7 @@ def check_recipe(recipe: ScorerRecipe) -> None:
         )
     if recipe.part not in (None, "task", "scorer"):
         raise ConfigError(f"trained scorer: part={recipe.part!r}; use scorer, task or none")
-    for name in (
-        "train_pairs",
-        "heldout_pairs",
-        "max_length",
-        "batch_size",
-        "lora_r",
-        "lora_layers",
-    ):
+    for name in sorted(_INT_FIELDS - {"seed"}):  # sizes and counts
         if getattr(recipe, name) < 1:
             raise ConfigError(f"trained scorer: {name} must be at least 1")
     if recipe.epochs <= 0 or recipe.learning_rate <= 0:
