@@ -255,6 +255,14 @@ class _AdapterLinear(nn.Module):
             return None  # the general path raises the error
         return self.context.active_tail()
 
+    @staticmethod
+    def _tail_rows(x: Tensor, out: Tensor, tail: int) -> tuple[Tensor, Tensor]:
+        """Views of the active tail rows flattened over positions: ``x`` as ``(n*T, in)`` and
+        ``out`` as ``(n*T, out)``, so the update can be accumulated into ``out`` in place by one
+        ``addmm_`` (no update tensor, no separate add). Both are contiguous: ``x`` is the layer
+        input and ``out`` the base layer's fresh output."""
+        return x[tail:].reshape(-1, x.shape[-1]), out[tail:].view(-1, out.shape[-1])
+
     def _cached(
         self, dtype: torch.dtype, rows: int, build: Callable[[], tuple[Tensor, ...]]
     ) -> tuple[Tensor, ...]:
@@ -355,11 +363,14 @@ class PBLoRALinear(_AdapterLinear):
         n = x.shape[0] - tail
         if n == 0:
             return out
-        (core,) = self._cached(x.dtype, n, lambda: (self._scaled_cores(tail, n, x.dtype),))
+        # each row's (s W)^T, contiguous for bmm, built once per alpha change
+        (core_t,) = self._cached(
+            x.dtype, n, lambda: (self._scaled_cores(tail, n, x.dtype).transpose(1, 2).contiguous(),)
+        )
         dt, rank = x.dtype, self.r1 + self.r2
-        u = F.linear(x[tail:], self.pblora_A.to(dt)).reshape(n, -1, rank)
-        update = F.linear(torch.bmm(u, core.transpose(1, 2)), self.pblora_B.to(dt))
-        out[tail:] += update.reshape(out[tail:].shape)
+        x_rows, out_rows = self._tail_rows(x, out, tail)
+        u = torch.bmm(F.linear(x_rows, self.pblora_A.to(dt)).view(n, -1, rank), core_t)
+        out_rows.addmm_(u.view(-1, rank), self.pblora_B.to(dt).t())
         return out
 
     def _scaled_cores(self, tail: int, n: int, dtype: torch.dtype) -> Tensor:
@@ -482,9 +493,10 @@ class MoSLoRALinear(_AdapterLinear):
         if n == 0:
             return out
         scale, shift = self._cached(x.dtype, n, lambda: self._scaled_film(tail, n, x.dtype))
-        u = F.linear(x[tail:], self.moslora_A.to(x.dtype)).reshape(n, -1, self.r)
-        update = F.linear(u * scale[:, None] + shift[:, None], self.moslora_B.to(x.dtype))
-        out[tail:] += update.reshape(out[tail:].shape)
+        x_rows, out_rows = self._tail_rows(x, out, tail)
+        u = F.linear(x_rows, self.moslora_A.to(x.dtype)).view(n, -1, self.r)
+        u = torch.addcmul(shift[:, None], u, scale[:, None])  # s ((1 + gamma) u + delta)
+        out_rows.addmm_(u.view(-1, self.r), self.moslora_B.to(x.dtype).t())
         return out
 
     def _scaled_film(self, tail: int, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

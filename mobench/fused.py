@@ -207,8 +207,9 @@ class MultiLoRALinear(nn.Module):
         a, b = self._stacks()
         # (lanes, rows_per_lane * T, in) @ (lanes, in, r) @ (lanes, r, out): rank-sized only
         xs = x[start:].reshape(a.shape[0], -1, x.shape[-1])
-        delta = torch.bmm(torch.bmm(xs, a), b)
-        out[start:] += delta.view(out[start:].shape)
+        # accumulated into out's adapter rows in place (out is the base layer's fresh, contiguous
+        # output): no delta tensor, no separate add
+        out[start:].view(a.shape[0], -1, out.shape[-1]).baddbmm_(torch.bmm(xs, a), b)
         return out
 
     def extra_repr(self) -> str:
