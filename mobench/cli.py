@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -495,7 +496,6 @@ def bench(
 ) -> None:
     """Time mobench's guided decoding against plain decoding and the reference loop."""
     import dataclasses
-    import warnings
 
     from mobench.bench import BENCH_PRESETS, run_bench, torch_threads
 
@@ -505,7 +505,6 @@ def bench(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model copy otherwise
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft, per copy
     try:
         if preset not in BENCH_PRESETS:
             raise ConfigError(
@@ -629,6 +628,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_RichLogHandler()])
     for noisy in ("transformers", "accelerate", "peft", "datasets", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # transformers 5 deprecates a method that peft calls on every model it wraps: not actionable
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     app()
 
 
