@@ -113,6 +113,62 @@ def load_objective_adapters(
     return model
 
 
+def lora_config(cfg: Any) -> Any:
+    """peft's ``LoraConfig`` for a causal LM from a method config with ``lora_r``,
+    ``lora_alpha``, ``lora_dropout`` and ``target_modules`` (GenARM's ARMs, MOD-w2s's policies)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def write_lora_guide_config(
+    out_dir: Path,
+    method: str,
+    objectives: Sequence[str],
+    guide_model: str,
+    cfg: Any,
+    training: Any,
+    **extra: Any,
+) -> None:
+    """``GUIDE_CONFIG`` of a guide made of one peft LoRA folder per objective (named after it):
+    what :meth:`GenARM.guide` and :meth:`MODw2s.guide` read back; ``extra`` adds method facts."""
+    config = {
+        "method": method,
+        "objectives": list(objectives),
+        "guide_model": guide_model,
+        "adapters": {o: o for o in objectives},
+        **extra,
+        "config": dataclasses.asdict(cfg),
+        "training": training,
+    }
+    (out_dir / GUIDE_CONFIG).write_text(json.dumps(config, indent=2))
+
+
+def save_random_lora_guide(
+    method: Method, task: Task, models: ModelContext, out_dir: Path, seed: int, **extra: Any
+) -> None:
+    """A LoRA-per-objective guide of ``method``'s configured shape with random weights
+    (:func:`save_random_lora`), saved as its ``train`` saves it (``mobench bench``)."""
+    lora = lora_config(method.config)
+    for i, objective in enumerate(task.objectives):
+        save_random_lora(models.load_guide_backbone(), lora, out_dir / objective, seed + i)
+    write_lora_guide_config(
+        out_dir,
+        method.name,
+        task.objectives,
+        models.guide_source,
+        method.config,
+        "none: random weights (mobench bench)",
+        **extra,
+    )
+
+
 def save_random_lora(backbone: Any, lora: Any, out_dir: Path, seed: int) -> None:
     """Save a peft LoRA of config ``lora`` on ``backbone`` with random weights: A as peft
     initialises it, B ~ N(0, sigma^2) with ``sigma = RANDOM_LORA_SCALE / (scaling sqrt(r))``
@@ -245,7 +301,7 @@ class GenARM(Method):
         return self.config.beta_r.get(objective, self.config.beta_r_default)
 
     def train(self, task: Task, splits: Splits, spec: RunSpec, out_dir: Path) -> None:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
         from transformers import set_seed
 
         cfg = self.config
@@ -258,13 +314,7 @@ class GenARM(Method):
         for i, objective in enumerate(task.objectives):
             labelled = [p for p in pairs if p.labels[i] >= 0]
             model, _ = load_causal_lm(spec.guide_model, dtype="float32", device=spec.device)
-            lora = LoraConfig(
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                target_modules=list(cfg.target_modules),
-                task_type="CAUSAL_LM",
-            )
+            lora = lora_config(cfg)
             # the LoRA init draws random numbers: seed it as the official scripts do
             # (set_seed(42) before the model is built), so every process and every run
             # starts from the same adapter
@@ -301,19 +351,7 @@ class GenARM(Method):
                 **dataclasses.asdict(result),
             }
             del peft_model, model
-        (out_dir / GUIDE_CONFIG).write_text(
-            json.dumps(
-                {
-                    "method": self.name,
-                    "objectives": list(task.objectives),
-                    "guide_model": spec.guide_model,
-                    "adapters": {o: o for o in task.objectives},
-                    "config": dataclasses.asdict(cfg),
-                    "training": report,
-                },
-                indent=2,
-            )
-        )
+        write_lora_guide_config(out_dir, self.name, task.objectives, spec.guide_model, cfg, report)
 
     def guide(self, artifacts: Path, task: Task, models: ModelContext) -> Guide | FusedGuide:
         """The guide for ``models``: fused into the base's forward when the ARMs sit on the base
@@ -339,33 +377,9 @@ class GenARM(Method):
         return GenARMLaneGuide(backbone, len(names), vocab, pad)
 
     def random_guide(self, task: Task, models: ModelContext, out_dir: Path, seed: int) -> None:
-        """k LoRA ARMs of the configured shape with random weights (:func:`save_random_lora`),
-        saved exactly as :meth:`train` saves them."""
-        from peft import LoraConfig
-
-        cfg = self.config
-        lora = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.target_modules),
-            task_type="CAUSAL_LM",
-        )
-        for i, objective in enumerate(task.objectives):
-            save_random_lora(models.load_guide_backbone(), lora, out_dir / objective, seed + i)
-        (out_dir / GUIDE_CONFIG).write_text(
-            json.dumps(
-                {
-                    "method": self.name,
-                    "objectives": list(task.objectives),
-                    "guide_model": models.guide_source,
-                    "adapters": {o: o for o in task.objectives},
-                    "config": dataclasses.asdict(cfg),
-                    "training": "none: random weights (mobench bench)",
-                },
-                indent=2,
-            )
-        )
+        """k LoRA ARMs of the configured shape with random weights, saved as :meth:`train`
+        saves them."""
+        save_random_lora_guide(self, task, models, out_dir, seed)
 
     def trainable_parameters(self, artifacts: Path) -> int:
         return safetensors_numel(sorted(artifacts.glob("*/adapter_model.safetensors")))

@@ -35,7 +35,9 @@ from mobench.methods.genarm import (
     check_guide_backbone,
     check_objectives,
     load_objective_adapters,
-    save_random_lora,
+    lora_config,
+    save_random_lora_guide,
+    write_lora_guide_config,
 )
 
 from mobench.config import RunSpec
@@ -55,6 +57,9 @@ from mobench.training import (
     progress_callbacks,
     tokenize_pairs,
 )
+
+#: what the saved guide config says about pi_ref^S
+REFERENCE = "guide_model with the adapters disabled (the DPO reference)"
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,6 @@ def train_dpo_policy(
     DPO reference, so no second copy is made.
     """
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import DPOConfig
 
     use_cpu = next(model.parameters()).device.type == "cpu"
@@ -180,13 +184,7 @@ def train_dpo_policy(
     )
     settings.update(current_trainer_arguments())  # --trainer-config (checked)
     args = DPOConfig(**settings)
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules),
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(config)
     trainer = _dpo_trainer_class()(
         model=model,
         args=args,
@@ -382,19 +380,8 @@ class MODw2s(Method):
             policy.save_pretrained(out_dir / objective, safe_serialization=True)
             report[objective] = {"pairs": len(rows), **dataclasses.asdict(result)}
             del policy, model
-        (out_dir / GUIDE_CONFIG).write_text(
-            json.dumps(
-                {
-                    "method": self.name,
-                    "objectives": list(task.objectives),
-                    "guide_model": spec.guide_model,
-                    "adapters": {o: o for o in task.objectives},
-                    "reference": "guide_model with the adapters disabled (the DPO reference)",
-                    "config": dataclasses.asdict(cfg),
-                    "training": report,
-                },
-                indent=2,
-            )
+        write_lora_guide_config(
+            out_dir, self.name, task.objectives, spec.guide_model, cfg, report, reference=REFERENCE
         )
 
     def guide(self, artifacts: Path, task: Task, models: ModelContext) -> Guide | FusedGuide:
@@ -424,34 +411,9 @@ class MODw2s(Method):
         )
 
     def random_guide(self, task: Task, models: ModelContext, out_dir: Path, seed: int) -> None:
-        """k LoRA policies of the configured shape with random weights (GenARM's
-        :func:`~mobench.methods.genarm.save_random_lora`), saved as :meth:`train` saves them."""
-        from peft import LoraConfig
-
-        cfg = self.config
-        lora = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.target_modules),
-            task_type="CAUSAL_LM",
-        )
-        for i, objective in enumerate(task.objectives):
-            save_random_lora(models.load_guide_backbone(), lora, out_dir / objective, seed + i)
-        (out_dir / GUIDE_CONFIG).write_text(
-            json.dumps(
-                {
-                    "method": self.name,
-                    "objectives": list(task.objectives),
-                    "guide_model": models.guide_source,
-                    "adapters": {o: o for o in task.objectives},
-                    "reference": "guide_model with the adapters disabled (the DPO reference)",
-                    "config": dataclasses.asdict(cfg),
-                    "training": "none: random weights (mobench bench)",
-                },
-                indent=2,
-            )
-        )
+        """k LoRA policies of the configured shape with random weights, saved as :meth:`train`
+        saves them."""
+        save_random_lora_guide(self, task, models, out_dir, seed, reference=REFERENCE)
 
     def trainable_parameters(self, artifacts: Path) -> int:
         return safetensors_numel(sorted(artifacts.glob("*/adapter_model.safetensors")))
