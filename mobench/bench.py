@@ -522,6 +522,7 @@ def reference_decode(
     """The reference loop: each (prompt ids, alpha) row alone, HF ``generate`` (greedy, no EOS
     stop) on the base with :class:`GuideLogitsProcessor`. Returns (seconds, tokens per row)."""
     from transformers import GenerationConfig as HFGenerationConfig
+    from transformers import LogitsProcessorList
 
     base = models.base
     device = base.get_output_embeddings().weight.device
@@ -537,10 +538,22 @@ def reference_decode(
     # there: clear it for the loop, so both sides decode the same token budget
     model_eos = base.generation_config.eos_token_id
     base.generation_config.eos_token_id = None
+    outputs = []
     _sync(device)
     t0 = time.perf_counter()
     try:
-        outputs = _reference_rows(models, guide, rows, hf_config, beta)
+        for prompt, alpha in rows:
+            ids = torch.tensor([prompt], device=device)
+            processor = GuideLogitsProcessor(
+                guide, prompt, torch.as_tensor(alpha), models.vocab_size, beta
+            )
+            out = base.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                generation_config=hf_config,
+                logits_processor=LogitsProcessorList([processor]),
+            )
+            outputs.append(out[0, ids.shape[1] :].tolist())
     finally:
         base.generation_config.eos_token_id = model_eos
     _sync(device)
@@ -551,33 +564,6 @@ def reference_decode(
             f"{max_new_tokens}): its timing and token agreement would not be comparable"
         )
     return wall, outputs
-
-
-def _reference_rows(
-    models: ModelContext,
-    guide: Guide,
-    rows: Sequence[tuple[list[int], np.ndarray]],
-    hf_config: Any,
-    beta: float,
-) -> list[list[int]]:
-    from transformers import LogitsProcessorList
-
-    base = models.base
-    device = base.get_output_embeddings().weight.device
-    outputs = []
-    for prompt, alpha in rows:
-        ids = torch.tensor([prompt], device=device)
-        processor = GuideLogitsProcessor(
-            guide, prompt, torch.as_tensor(alpha), models.vocab_size, beta
-        )
-        out = base.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            generation_config=hf_config,
-            logits_processor=LogitsProcessorList([processor]),
-        )
-        outputs.append(out[0, ids.shape[1] :].tolist())
-    return outputs
 
 
 def device_is_cuda(device: torch.device | str) -> bool:
