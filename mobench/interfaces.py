@@ -185,6 +185,13 @@ class Method(ABC):
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
+    #: False for a method with nothing to train (``base``, prompting): the pipeline then skips
+    #: the training step and the preset's ``training`` sizes, which are for trained guides.
+    trains: ClassVar[bool] = True
+    #: False for a reference row that is not meant to follow alpha (``base``): its flat front
+    #: is expected, so the report marks it as a reference instead of warning that it does not
+    #: steer.
+    steers: ClassVar[bool] = True
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -195,9 +202,12 @@ class Method(ABC):
         safetensors, a config recording the objective order) into ``out_dir``."""
 
     @abstractmethod
-    def guide(self, artifacts: Path, task: Task, models: ModelContext) -> Guide | FusedGuide:
+    def guide(
+        self, artifacts: Path, task: Task, models: ModelContext
+    ) -> Guide | FusedGuide | None:
         """Load the trained guide from ``artifacts`` for decoding with ``models``: a
-        :class:`FusedGuide` on ``models.base`` when ``models.fused``, else a :class:`Guide`."""
+        :class:`FusedGuide` on ``models.base`` when ``models.fused``, else a :class:`Guide`;
+        None decodes the base model alone."""
 
     @abstractmethod
     def trainable_parameters(self, artifacts: Path) -> int:

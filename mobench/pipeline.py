@@ -111,9 +111,11 @@ def resolve_spec(
         gen = dataclasses.replace(gen, seed=seed)
     if overrides.get("generation"):
         gen = apply_overrides(gen, overrides["generation"])
-    method_config = apply_overrides(method_cls.config_cls(), dict(p.training))
-    if seed is not None:
-        method_config = apply_overrides(method_config, {"seed": seed})
+    method_config = method_cls.config_cls()
+    if method_cls.trains:  # the preset's training sizes are for trained guides only
+        method_config = apply_overrides(method_config, dict(p.training))
+        if seed is not None:
+            method_config = apply_overrides(method_config, {"seed": seed})
     if overrides.get("method"):
         method_config = apply_overrides(method_config, overrides["method"])
     objectives = tuple(task_cls.objectives)
@@ -406,6 +408,8 @@ def _train(
     from mobench.models import guide_cache_dir
     from mobench.training import current_trainer_arguments, report_training_progress
 
+    if not method.trains:
+        return
     guide = run.guide_dir
     shard = run.shard
     key = guide_cache_key(run.spec, splits)  # the spec's device, not this rank's own GPU
@@ -712,11 +716,11 @@ def _generate(
             # a fused guide runs the base rows in its own forwards ("fused": base + guide lanes)
             forwards_per_token=(
                 dict(guide.forwards_per_token)
-                if out.fused_lanes
-                else {"base": 1, **guide.forwards_per_token}
+                if guide is not None and out.fused_lanes
+                else {"base": 1, **(guide.forwards_per_token if guide is not None else {})}
             ),
             fused_lanes=out.fused_lanes,
-            guide_lanes=getattr(guide, "lanes", 1),
+            guide_lanes=getattr(guide, "lanes", 1) if guide is not None else 0,
             tokens_per_s=acc["row_tokens"] / acc["wall_s"] if acc["wall_s"] else None,
             # amortised over the batch: the time one row's 512 tokens cost in this setup
             s_per_512_tokens=512 * acc["wall_s"] / acc["row_tokens"] if acc["row_tokens"] else None,

@@ -74,6 +74,7 @@ METHODS: Registry[type[Method]] = Registry(
     "method",
     "mobench.methods",
     {
+        "base": "mobench.methods.base",
         "genarm": "mobench.methods.genarm",
         "parm": "mobench.methods.parm",
         "uniarm": "mobench.methods.uniarm",
