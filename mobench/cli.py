@@ -91,6 +91,40 @@ class RichProgress:
         self._progress.console.log(message)
 
 
+def _print_steering(steering: dict[str, Any] | None) -> None:
+    """The steering diagnostics under the metrics, with a plain warning when the front does
+    not move with alpha (a reference row such as ``base`` is expected not to)."""
+    if not steering:
+        return
+    for name, e in steering["objectives"].items():
+        rho = "n/a" if e["spearman"] is None else f"{e['spearman']:+.2f}"
+        if e["spearman_ci"]:
+            rho += f" (95% CI {e['spearman_ci'][0]:+.2f} .. {e['spearman_ci'][1]:+.2f})"
+        noise = "" if e["noise"] is None else f", 95% interval width {e['noise']:.3g}"
+        console.print(f"steering {name}: Spearman {rho}; span {e['span']:.3g}{noise}")
+    changed = steering["answers_changed"]
+    console.print(
+        f"answers that change between the extreme alphas: {changed['prompts']} of {changed['of']}"
+    )
+    for pair, r in steering["score_correlation"].items():
+        console.print(f"score correlation {pair}: {'n/a' if r is None else f'{r:.2f}'}")
+    gain = steering.get("gain_over_base")
+    if gain:
+        console.print(
+            f"distance from the base point: {min(gain['distance']):.3g} .. "
+            f"{max(gain['distance']):.3g} ({gain['base_run']})"
+        )
+    if not steering["expected_to_steer"]:
+        console.print("reference row: not expected to move with alpha")
+    elif not steering["steers"]:
+        console.print("[bold yellow]WARNING: this front does not steer:[/]")
+        for warning in steering["warnings"]:
+            console.print(f"  - {warning}", markup=False)
+    elif steering["warnings"]:
+        for warning in steering["warnings"]:
+            console.print(f"note: {warning}", markup=False)
+
+
 def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     objectives = metrics["objectives"]
     table = Table(title=f"{metrics['task']} / {metrics['method']} / {metrics['preset']}")
@@ -118,6 +152,7 @@ def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
 
     console.print(f"HV  = {with_ci('hv')}   reference point ({ref})")
     console.print(f"MIP = {with_ci('mip')}")
+    _print_steering(metrics.get("steering"))
     scorers = ", ".join(f"{o}: {f}" for o, f in metrics.get("scorers", {}).items())
     console.print(f"scorers: {scorers}")
     console.print(f"run directory: {run_dir}")

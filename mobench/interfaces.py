@@ -202,9 +202,7 @@ class Method(ABC):
         safetensors, a config recording the objective order) into ``out_dir``."""
 
     @abstractmethod
-    def guide(
-        self, artifacts: Path, task: Task, models: ModelContext
-    ) -> Guide | FusedGuide | None:
+    def guide(self, artifacts: Path, task: Task, models: ModelContext) -> Guide | FusedGuide | None:
         """Load the trained guide from ``artifacts`` for decoding with ``models``: a
         :class:`FusedGuide` on ``models.base`` when ``models.fused``, else a :class:`Guide`;
         None decodes the base model alone."""

@@ -24,8 +24,12 @@ __all__ = [
     "bootstrap_intervals",
     "hypervolume",
     "mean_inner_product",
+    "paired_differences",
     "pareto_front",
+    "percentile_interval",
+    "prompt_resamples",
     "reference_point",
+    "resampled_points",
     "summarize",
 ]
 
@@ -228,6 +232,29 @@ def reference_point(point_sets: Sequence[np.ndarray], margin: float = 0.01) -> n
 # --------------------------------------------------------------------------------------------
 
 
+def prompt_resamples(n_prompts: int, n_boot: int, seed: int) -> np.ndarray:
+    """``(n_boot, n_prompts)`` draw counts: resample ``b`` draws prompt ``p`` ``counts[b, p]``
+    times. Multinomial counts have exactly the distribution of P draws with replacement; one
+    count matrix applied to several runs that share their prompts is a paired bootstrap."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_prompts, np.full(n_prompts, 1.0 / n_prompts), size=n_boot)
+
+
+def resampled_points(cube: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The per-alpha mean points ``(B, A, K)`` of each resample of the prompts of ``cube``
+    ``(P, A, K)`` (a ``(B, P) @ (P, A*K)`` product: no ``(B, P, A, K)`` array)."""
+    n_prompts, n_alphas, n_objectives = cube.shape
+    flat = cube.reshape(n_prompts, n_alphas * n_objectives)
+    return (counts @ flat / n_prompts).reshape(len(counts), n_alphas, n_objectives)
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
+    """The central ``level`` percentile interval ``[lo, hi]`` of ``values`` along axis 0."""
+    tails = [100.0 * (1.0 - level) / 2.0, 100.0 * (1.0 + level) / 2.0]
+    lo, hi = np.percentile(values, tails)
+    return [float(lo), float(hi)]
+
+
 def bootstrap_intervals(
     scores: np.ndarray,
     alphas: np.ndarray,
@@ -267,13 +294,7 @@ def bootstrap_intervals(
     if not 0 < level < 1:
         raise ValueError(f"level must lie strictly between 0 and 1; got {level!r}")
 
-    rng = np.random.default_rng(seed)
-    # A resample is fully described by how often each prompt was drawn: multinomial counts
-    # have exactly the distribution of P draws with replacement. A (B, P) @ (P, A*K) product
-    # then gives all resampled means at once without materialising a (B, P, A, K) array.
-    counts = rng.multinomial(n_prompts, np.full(n_prompts, 1.0 / n_prompts), size=n_boot)
-    flat = cube.reshape(n_prompts, n_alphas * n_objectives)
-    boot_points = (counts @ flat / n_prompts).reshape(n_boot, n_alphas, n_objectives)
+    boot_points = resampled_points(cube, prompt_resamples(n_prompts, n_boot, seed))
 
     boot_mip = np.einsum("bak,ak->ba", boot_points, alpha).mean(axis=1)
     # pymoo per resample costs ~15 µs for a grid-sized front, so a loop is fast enough
@@ -281,15 +302,77 @@ def bootstrap_intervals(
     boot_hv = np.array([_hypervolume_unchecked(p, ref) for p in boot_points])
 
     tails = [100.0 * (1.0 - level) / 2.0, 100.0 * (1.0 + level) / 2.0]
-    hv_lo, hv_hi = np.percentile(boot_hv, tails)
-    mip_lo, mip_hi = np.percentile(boot_mip, tails)
     # percentile returns (2, A, K); the record wants [lo, hi] innermost.
     point_bounds = np.moveaxis(np.percentile(boot_points, tails, axis=0), 0, -1)
     return {
-        "hv": [float(hv_lo), float(hv_hi)],
-        "mip": [float(mip_lo), float(mip_hi)],
+        "hv": percentile_interval(boot_hv, level),
+        "mip": percentile_interval(boot_mip, level),
         "points": point_bounds.tolist(),
     }
+
+
+def paired_differences(
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    alphas: np.ndarray,
+    ref_point: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """HV and MIP of run A minus run B, with a paired bootstrap interval over prompts.
+
+    Both runs answered the same prompts (row ``p`` of both cubes is the same prompt), so each
+    resample draws the prompts once and applies the draw to both runs: the prompt-to-prompt
+    variation they share cancels in the difference, which an unpaired comparison of two
+    separate intervals would count twice. A difference is *distinguishable* from zero when its
+    interval excludes 0; only then does "A beats B" hold.
+
+    Args:
+        scores_a / scores_b: (P, A, K) rewards of the two runs, prompts in the same order.
+        alphas: (A, K) the grid both runs used.
+        ref_point: (K,) the HV reference point used for both.
+
+    Returns:
+        ``{"hv": {"diff", "ci", "distinguishable"}, "mip": {...}, "n_prompts": P}``; ``ci`` is
+        None (and nothing is distinguishable) with fewer than two prompts.
+    """
+    a, b = _as_scores(scores_a), _as_scores(scores_b)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"paired runs need scores of one shape (same prompts, grid and objectives); got "
+            f"{a.shape} and {b.shape}"
+        )
+    n_prompts, n_alphas, n_objectives = a.shape
+    alpha = _as_alphas(alphas, n_alphas, n_objectives, f"scores have shape {a.shape}")
+    ref = _as_ref_point(ref_point, a.shape)
+    pa, pb = a.mean(axis=0), b.mean(axis=0)
+    diffs = {
+        "hv": _hypervolume_unchecked(pa, ref) - _hypervolume_unchecked(pb, ref),
+        "mip": mean_inner_product(alpha, pa) - mean_inner_product(alpha, pb),
+    }
+    out: dict[str, Any] = {"n_prompts": int(n_prompts)}
+    if n_prompts < 2:
+        for name, diff in diffs.items():
+            out[name] = {"diff": float(diff), "ci": None, "distinguishable": False}
+        return out
+    counts = prompt_resamples(n_prompts, n_boot, seed)
+    boot_a, boot_b = resampled_points(a, counts), resampled_points(b, counts)
+    boot = {
+        "hv": np.array(
+            [
+                _hypervolume_unchecked(x, ref) - _hypervolume_unchecked(y, ref)
+                for x, y in zip(boot_a, boot_b)
+            ]
+        ),
+        "mip": (
+            np.einsum("bak,ak->ba", boot_a, alpha) - np.einsum("bak,ak->ba", boot_b, alpha)
+        ).mean(axis=1),
+    }
+    for name, diff in diffs.items():
+        lo, hi = percentile_interval(boot[name], level)
+        out[name] = {"diff": float(diff), "ci": [lo, hi], "distinguishable": lo > 0 or hi < 0}
+    return out
 
 
 def summarize(

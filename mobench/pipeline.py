@@ -822,11 +822,31 @@ def _metrics(
     run: RunDirectory, task: Task, test: list[PreferencePair], spec: RunSpec
 ) -> dict[str, Any]:
     from mobench.metrics import summarize
+    from mobench.steering import gain_over_base, steering_diagnostics
 
-    scores, fingerprints = score_matrix(run, [p.id for p in test], spec)
+    prompt_ids = [p.id for p in test]
+    scores, fingerprints = score_matrix(run, prompt_ids, spec)
     metrics = summarize(
         scores, spec.alpha_array, np.asarray(spec.hv_ref_point), spec.objectives, seed=0
     )
+    gens = run.generations()
+    texts = [[gens[(pid, a)]["text"] for a in range(len(spec.alphas))] for pid in prompt_ids]
+    steering = steering_diagnostics(
+        scores,
+        spec.alpha_array,
+        spec.objectives,
+        texts,
+        expected_to_steer=get_method(spec.method).steers,
+        seed=0,
+    )
+    base = find_base_point(run, prompt_ids, fingerprints)
+    if base is not None:
+        base_dir, base_point = base
+        steering["gain_over_base"] = {
+            **gain_over_base(np.asarray(metrics["points"]), base_point),
+            "base_run": str(base_dir),
+        }
+    metrics["steering"] = steering
     metrics.update(
         {
             "task": spec.task,
@@ -839,6 +859,42 @@ def _metrics(
     )
     run.write("metrics.json", metrics)
     return metrics
+
+
+def find_base_point(
+    run: RunDirectory, prompt_ids: Sequence[str], fingerprints: dict[str, str]
+) -> tuple[Path, np.ndarray] | None:
+    """The unguided point of a finished ``base`` run beside ``run`` (same parent folder) of the
+    same task, preset and objectives, scored by the same scorers on (at least) the same test
+    prompts: its mean score vector over ``prompt_ids``. None when there is no such run."""
+    from mobench.config import RunSpec
+
+    spec = run.spec
+    if spec.method == "base":
+        return None
+    for spec_file in sorted(run.path.parent.glob("*/spec.json")):
+        other_dir = spec_file.parent
+        if other_dir.resolve() == run.path.resolve():
+            continue
+        try:
+            other = RunSpec.from_json(json.loads(spec_file.read_text()))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # not a run of this mobench version: not a candidate
+        if (other.method, other.task, other.preset, other.objectives) != (
+            "base",
+            spec.task,
+            spec.preset,
+            spec.objectives,
+        ):
+            continue
+        try:
+            cube, theirs = score_matrix(RunDirectory(other_dir, other), prompt_ids, other)
+        except RunDirError:
+            continue  # unfinished, or it did not answer these prompts
+        if theirs == fingerprints:
+            # base answers do not depend on alpha: its point is the mean over prompts and alphas
+            return other_dir, cube.mean(axis=(0, 1))
+    return None
 
 
 # ------------------------------------------------------------------------------- dry run
