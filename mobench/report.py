@@ -42,6 +42,7 @@ from mobench.metrics import (
     bootstrap_intervals,
     hypervolume,
     mean_inner_product,
+    paired_differences,
     pareto_front,
     reference_point,
 )
@@ -53,6 +54,7 @@ from mobench.report_plots import (
     scatter_plot,
 )
 from mobench.runs import RunDirectory, RunDirError, read_json, write_json_atomic
+from mobench.steering import gain_over_base, steering_diagnostics
 
 DEFAULT_RUNS_ROOT = Path("runs")
 DEFAULT_OUT = Path("reports/latest")
@@ -426,18 +428,20 @@ def _group_rows(runs: list[LoadedRun], bench: Sequence[BenchResult], n_boot: int
                 "hv_own_ref_point": list(r.metrics["hv_ref_point"]),
                 "scorers": r.fingerprints,
                 "timing": _timing_row(r, bench),
+                "steering": _steering(r, n_boot),
             }
         )
     # A leaderboard reads best-first; the order also sets the legend and sample columns.
     rows.sort(key=lambda row: (-row["hv"], -row["mip"], row["label"]))
     scorer_sets = {json.dumps(r.fingerprints, sort_keys=True) for r in runs}
     agree = len(scorer_sets) == 1
-    best: dict[str, list[int]] = {"hv": [], "mip": []}
-    if agree:
-        for metric in best:
-            top = max(row[metric] for row in rows)
-            best[metric] = [row["index"] for row in rows if row[metric] >= top - 1e-12 * abs(top)]
+    by_index = {r.index: r for r in runs}
+    base_point = _attach_base_gains(rows, by_index) if agree else None
+    paired = _paired_table(rows, by_index, z, n_boot) if agree else []
+    best = _best_beyond_noise(rows, paired) if agree else {"hv": [], "mip": []}
     return {
+        "base_point": base_point,
+        "paired": paired,
         "reference_point": z.tolist(),
         "scorers_agree": agree,
         "scorer_sets": [
@@ -453,6 +457,111 @@ def _group_rows(runs: list[LoadedRun], bench: Sequence[BenchResult], n_boot: int
         "best": best,
         "rows": rows,
     }
+
+
+def _steering(run: LoadedRun, n_boot: int) -> dict[str, Any]:
+    """The run's steering diagnostics, recomputed from its answers and scores (the same
+    function as its metrics.json, so runs made before the diagnostics existed get them too)."""
+    from mobench.registry import UnknownNameError, get_method
+
+    assert run.spec is not None and run.cube is not None
+    texts = [
+        [str(run.generations[(pid, a)].get("text", "")) for a in range(len(run.spec.alphas))]
+        for pid in run.prompt_ids
+    ]
+    try:
+        expected = get_method(run.method).steers
+    except UnknownNameError:  # a third-party method not installed here: judge it like any
+        expected = True
+    return steering_diagnostics(
+        run.cube,
+        run.spec.alpha_array,
+        run.spec.objectives,
+        texts,
+        expected_to_steer=expected,
+        n_boot=n_boot,
+        seed=BOOTSTRAP_SEED,
+    )
+
+
+def _attach_base_gains(
+    rows: list[dict[str, Any]], by_index: dict[int, LoadedRun]
+) -> list[float] | None:
+    """With a ``base`` row in the table: its point (mean over prompts and alphas), and each
+    other row's gain over it (rows evaluated on other prompts get none)."""
+    bases = [row for row in rows if row["method"] == "base"]
+    if not bases:
+        return None
+    base = by_index[bases[0]["index"]]
+    cube = _ranked_cube(base)
+    point = cube.mean(axis=(0, 1))
+    for row in rows:
+        if row["method"] != "base" and by_index[row["index"]].prompt_ids == base.prompt_ids:
+            gain = gain_over_base(np.asarray(row["points"]), point)
+            row["gain_over_base"] = {
+                **gain,
+                "max_distance": max(gain["distance"]),
+                "mean_distance": float(np.mean(gain["distance"])),
+            }
+    return [float(v) for v in point]
+
+
+def _paired_table(
+    rows: list[dict[str, Any]], by_index: dict[int, LoadedRun], z: np.ndarray, n_boot: int
+) -> list[dict[str, Any]]:
+    """HV and MIP differences for every pair of rows (in leaderboard order: the better row
+    first), with a paired bootstrap interval over the prompts both answered."""
+    out = []
+    for i, first in enumerate(rows):
+        for second in rows[i + 1 :]:
+            a, b = by_index[first["index"]], by_index[second["index"]]
+            entry: dict[str, Any] = {
+                "a": first["label"],
+                "b": second["label"],
+                "a_index": first["index"],
+                "b_index": second["index"],
+            }
+            if a.prompt_ids != b.prompt_ids or first["alphas"] != second["alphas"]:
+                entry["not_compared"] = "different test prompts or alpha grids: nothing to pair"
+            else:
+                entry.update(
+                    paired_differences(
+                        _ranked_cube(a),
+                        _ranked_cube(b),
+                        np.asarray(first["alphas"]),
+                        z,
+                        n_boot=n_boot,
+                        seed=BOOTSTRAP_SEED,
+                    )
+                )
+            out.append(entry)
+    return out
+
+
+def _best_beyond_noise(
+    rows: list[dict[str, Any]], paired: list[dict[str, Any]]
+) -> dict[str, list[int]]:
+    """Per metric, the row that beats every other row beyond noise (the paired interval of the
+    difference excludes 0), or nobody: a star on a lead within noise would mislead."""
+    best: dict[str, list[int]] = {"hv": [], "mip": []}
+    if len(rows) < 2:
+        return best
+    for metric in best:
+        top = max(rows, key=lambda row: row[metric])
+        wins = []
+        for entry in paired:
+            if top["index"] not in (entry["a_index"], entry["b_index"]):
+                continue
+            result = entry.get(metric)
+            if result is None:
+                wins.append(False)  # not comparable with some row: no claim
+                continue
+            sign = 1.0 if entry["a_index"] == top["index"] else -1.0
+            lo, hi = (sign * v for v in (result["ci"] or [0.0, 0.0]))
+            wins.append(result["distinguishable"] and min(lo, hi) > 0)
+        if wins and all(wins):
+            best[metric] = [top["index"]]
+    return best
 
 
 def collect_report_data(

@@ -39,3 +39,28 @@ def test_base_dry_run_counts_one_forward_per_token(unit_preset: Any) -> None:
     spec = pipeline.resolve_spec("safety", "base", "unit", device="cpu")
     plan = pipeline.describe_run(spec)
     assert plan["work"]["generate"]["evaluations_per_token"] == {"base": 1}
+
+
+def test_a_method_run_beside_a_base_run_records_its_gain_over_base(
+    unit_preset: Any, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    base = pipeline.execute_run(
+        pipeline.resolve_spec("safety", "base", "unit", device="cpu"), tmp_path / "base"
+    )
+    guided = pipeline.execute_run(
+        pipeline.resolve_spec("safety", "genarm", "unit", device="cpu"), tmp_path / "genarm"
+    )
+    base_metrics = json.loads((base.run_dir / "metrics.json").read_text())
+    assert "gain_over_base" not in base_metrics["steering"]  # the base is its own reference
+    assert base_metrics["steering"]["expected_to_steer"] is False
+    steering = json.loads((guided.run_dir / "metrics.json").read_text())["steering"]
+    gain = steering["gain_over_base"]
+    assert Path(gain["base_run"]) == base.run_dir
+    base_point = np.mean(base_metrics["points"], axis=0)
+    assert np.allclose(gain["base_point"], base_point)
+    expected = np.asarray(json.loads((guided.run_dir / "metrics.json").read_text())["points"])
+    assert np.allclose(gain["delta"], expected - base_point)
+    for key in ("objectives", "answers_changed", "score_correlation", "steers", "warnings"):
+        assert key in steering

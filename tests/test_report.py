@@ -308,6 +308,7 @@ def write_run(
     method: str,
     fingerprint: str = "proxy-yesno:tiny",
     ratio: float | None = None,
+    same_text_for_every_alpha: bool = False,
 ) -> Path:
     """A complete run directory in the run format, with the scores ``cube`` (P, A, K)."""
     spec = dataclasses.replace(spec, method=method, test_limit=cube.shape[0])
@@ -323,7 +324,8 @@ def write_run(
             "alpha_index": a,
             "alpha": list(spec.alphas[a]),
             "prompt": [{"role": "user", "content": f"question {pid}"}],
-            "text": f"{method} answers {pid} at alpha {a}",
+            "text": f"{method} answers {pid}"
+            + ("" if same_text_for_every_alpha else f" at alpha {a}"),
             "num_tokens": 5,
             "finish_reason": "eos",
         }
@@ -462,6 +464,70 @@ def test_distinct_fronts_best_values_bench_ratio_and_three_objectives(
     # Every alpha of every run has a hover label with its alpha.
     titles = [t.text() for t in sections.find_all("title")]
     assert sum("alpha=(0.3, 0.7)" in t for t in titles) == 3
+
+
+def test_base_point_steering_and_paired_differences_within_noise(
+    base_spec: RunSpec, tmp_path: Path
+) -> None:
+    """A base row is a reference (its point shown, gains over it computed), every row shows its
+    steering diagnostics, a flat front is flagged, and two fronts whose difference is within
+    noise get no star: the paired table says so."""
+    from mobench.metrics import paired_differences
+
+    runs = tmp_path / "runs"
+    alphas = base_spec.alpha_array
+    rng = np.random.default_rng(11)
+    prompt_noise = rng.normal(0, 0.4, size=(12, 1, 2))  # shared by every run: same prompts
+    base_cube = np.repeat(prompt_noise + 0.3, len(alphas), axis=1)
+    flat = base_cube + 0.02
+    genarm = front_cube(12, alphas, 0.0, 1) + prompt_noise
+    # parm: genarm's front moved out by exactly 0.01, plus answers of its own quality on each
+    # prompt (sd 0.15, zero mean over the prompts): a lead far inside that noise
+    own = rng.normal(0, 0.15, (12, 1, 2))
+    parm = genarm + 0.01 + (own - own.mean(axis=0))
+    write_run(runs, base_spec, base_cube, method="base", same_text_for_every_alpha=True)
+    write_run(runs, base_spec, genarm, method="genarm")
+    write_run(runs, base_spec, parm, method="parm")
+    write_run(runs, base_spec, flat, method="uniarm", same_text_for_every_alpha=True)
+    result = build_report(runs_root=runs, out_dir=tmp_path / "out", n_boot=200)
+    data = read_json(result.data_json)
+    page = parse(result.index_html.read_text())
+    (group,) = data["groups"]
+    rows = {row["method"]: row for row in group["rows"]}
+
+    base_point = base_cube.mean(axis=(0, 1))
+    assert group["base_point"] == pytest.approx(base_point.tolist())
+    expected = np.linalg.norm(genarm.mean(axis=0) - base_point, axis=1)
+    assert rows["genarm"]["gain_over_base"]["distance"] == pytest.approx(expected.tolist())
+    assert "gain_over_base" not in rows["base"]
+
+    assert rows["genarm"]["steering"]["steers"] and rows["parm"]["steering"]["steers"]
+    assert not rows["uniarm"]["steering"]["steers"]
+    assert not rows["base"]["steering"]["expected_to_steer"]
+    warnings = page.find_all("div", class_="nosteer-warning")
+    assert [w.attrs["data-run"] for w in warnings] == [str(rows["uniarm"]["index"])]
+    table = {r.attrs["data-method"]: r for r in leaderboard_rows(page, group["id"])}
+    assert "reference" in table["base"].text() and "no" in table["uniarm"].text()
+
+    # paired table: every pair once; parm vs genarm recomputed directly, and within noise
+    assert len(group["paired"]) == 6
+    pair = next(p for p in group["paired"] if {p["a"], p["b"]} == {"parm", "genarm"})
+    a_cube, b_cube = (parm, genarm) if pair["a"] == "parm" else (genarm, parm)
+    z = np.asarray(group["reference_point"])
+    direct = paired_differences(a_cube, b_cube, alphas, z, n_boot=200, seed=0)
+    for metric in ("hv", "mip"):
+        assert pair[metric]["diff"] == pytest.approx(direct[metric]["diff"])
+        assert pair[metric]["ci"] == pytest.approx(direct[metric]["ci"])
+    assert not pair["hv"]["distinguishable"] and not pair["mip"]["distinguishable"]
+    # so neither metric gets a star, although parm's values are the largest
+    assert group["best"] == {"hv": [], "mip": []} and not page.find_all("td", class_="best")
+    paired_rows = page.find("table", id=f"{group['id']}-paired-table").find_all("tr")
+    assert any("within noise" in r.text() for r in paired_rows)
+    # the base is far from the steering fronts: that difference IS beyond noise
+    vs_base = next(
+        p for p in group["paired"] if "base" in (p["a"], p["b"]) and "genarm" in (p["a"], p["b"])
+    )
+    assert vs_base["mip"]["distinguishable"]
 
 
 def test_bench_file_format_errors_are_reported(tmp_path: Path) -> None:
