@@ -11,7 +11,8 @@ config field or a small function, so a better-informed variant is a config chang
 1. **Objective descriptors** [RECON]: ``e_i`` = mean of the guide backbone's frozen input
    embeddings over the tokens of a short text description of objective i
    (``objective_descriptions``; defaults "helpfulness", "harmlessness", "humor"). The mixed
-   vector is ``o(alpha) = sum_i alpha_i e_i``. E is computed once at training time and saved
+   vector is ``o(alpha) = sum_i alpha_i e_i``. mobench scales each ``e_i`` to unit length
+   (``unit_descriptors``; see its help for why). E is computed once at training time and saved
    with the adapters (it is not trained and not counted as a trainable parameter).
 2. **MoSLoRA layer** [RECON] (:class:`~mobench.methods.adapters.MoSLoRALinear`) on q/k/v: shared
    ``u = A dropout(x)`` (rank r), ``[gamma; delta] = G o(alpha)``, ``u' = (1 + gamma) * u +
@@ -85,6 +86,16 @@ class UniARMConfig(PreferenceARMConfig):
             "METHODS §5 step 1]"
         },
     )
+    unit_descriptors: bool = field(
+        default=True,
+        metadata={
+            "help": "scale each e_i to unit length [RECON, mobench's choice]: raw mean "
+            "embeddings have norm ~2.7 on SmolLM2-135M but ~0.02 on a small random model, and "
+            "with G = B = 0 at init the gradient that reaches G is proportional to |o(alpha)|, "
+            "so raw descriptors make how fast alpha-conditioning is learned depend on the "
+            "backbone's embedding scale (a tiny model then never learns it)"
+        },
+    )
     global_loss_weight: float = field(
         default=1.0,
         metadata={
@@ -105,9 +116,12 @@ class UniARMConfig(PreferenceARMConfig):
             raise ConfigError(f"global_loss_weight must be >= 0, got {self.global_loss_weight}")
 
 
-def objective_descriptors(model: Any, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+def objective_descriptors(
+    model: Any, tokenizer: Any, texts: Sequence[str], unit: bool = True
+) -> torch.Tensor:
     """E (k, d): per text, the mean of the model's (frozen) input embeddings over its tokens
-    (no special tokens), in fp32 (METHODS §5 step 1)."""
+    (no special tokens), in fp32 (METHODS §5 step 1); each row scaled to unit length when
+    ``unit`` (:attr:`UniARMConfig.unit_descriptors`)."""
     table = model.get_input_embeddings().weight
     rows = []
     for text in texts:
@@ -117,7 +131,8 @@ def objective_descriptors(model: Any, tokenizer: Any, texts: Sequence[str]) -> t
                 f"objective description {text!r} has no tokens; give a non-empty text"
             )
         rows.append(table[torch.tensor(ids, device=table.device)].detach().float().mean(dim=0))
-    return torch.stack(rows)
+    E = torch.stack(rows)
+    return E / E.norm(dim=1, keepdim=True).clamp_min(1e-12) if unit else E
 
 
 @register_method("uniarm")
@@ -152,7 +167,7 @@ class UniARM(PreferenceARM):
         texts = self.descriptions(objectives)
         embeddings = model.get_input_embeddings().weight
         if tokenizer is not None:
-            E = objective_descriptors(model, tokenizer, texts)
+            E = objective_descriptors(model, tokenizer, texts, unit=cfg.unit_descriptors)
         else:  # placeholder of the right shape: the saved E is loaded over it
             E = torch.zeros(len(objectives), embeddings.shape[1], device=embeddings.device)
         context = PreferenceContext(len(objectives), descriptors=E)
@@ -173,6 +188,7 @@ class UniARM(PreferenceARM):
             "modulation": cfg.modulation,
             "descriptor_dim": int(E.shape[1]),
             "objective_descriptions": dict(zip(objectives, texts, strict=True)),
+            "unit_descriptors": cfg.unit_descriptors,
             "global_loss_weight": cfg.global_loss_weight,
             "target_modules": list(cfg.target_modules),
             "adapted_modules": len(wrapped),

@@ -350,11 +350,14 @@ def test_parameter_counts_and_budget(tiny_model_dir: str) -> None:
 def test_uniarm_descriptors_are_mean_input_embeddings(tiny_model_dir: str) -> None:
     model, _ = load_causal_lm(tiny_model_dir)
     tok = load_tokenizer(tiny_model_dir)
-    E = objective_descriptors(model, tok, ["helpfulness", "harmlessness"])
+    raw = objective_descriptors(model, tok, ["helpfulness", "harmlessness"], unit=False)
+    unit = objective_descriptors(model, tok, ["helpfulness", "harmlessness"])
     table = model.get_input_embeddings().weight
     for i, text in enumerate(["helpfulness", "harmlessness"]):
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        torch.testing.assert_close(E[i], table[ids].mean(0))
+        mean = table[ids].mean(0)
+        torch.testing.assert_close(raw[i], mean)
+        torch.testing.assert_close(unit[i], mean / mean.norm())  # the default: unit length
     method = make_method("uniarm", objective_descriptions={"helpful": "helpfulness"})
     with pytest.raises(ConfigError, match=r"description for objective\(s\) \['harmless'\]"):
         method.inject(model, OBJECTIVES, tok)
