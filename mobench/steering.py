@@ -162,7 +162,7 @@ def steering_diagnostics(
         elif rho < MIN_SPEARMAN:
             how = "moves against its weight" if rho < 0 else "does not follow its weight"
             warnings.append(f"{name} {how} (Spearman {rho:+.2f}, below {MIN_SPEARMAN})")
-        if e["span_beyond_noise"] is False:
+        if e["span_beyond_noise"] is False and rho is not None:  # a flat front said so above
             warnings.append(
                 f"{name}: the front's span {e['span']:.3g} lies inside its 95% interval width "
                 f"{e['noise']:.3g}"
