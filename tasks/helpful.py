@@ -135,7 +135,7 @@ class HelpfulTask(PreferenceTask):
                         skipped += 1  # known upstream defects (~1 %), counted below
                         continue
                     rows.append(_with_split_id(pair, subset, split, i))
-                if skipped > HH_MAX_SKIP_RATE * len(records):
+                if skipped > max(1.0, HH_MAX_SKIP_RATE * len(records)):
                     raise DataError(
                         f"{where}: {skipped} of {len(records)} rows are not usable HH pairs, "
                         f"more than the {HH_MAX_SKIP_RATE:.0%} upstream has; check the source"

@@ -195,6 +195,10 @@ def build_scorer(spec: str, objective: str, *, device: str, dtype: str, **kwargs
     return SCORER_KINDS[kind](objective, source, device=device, dtype=dtype, **kwargs)
 
 
+#: built-in kinds whose SOURCE is a model (folder, hub id, alias, .gguf)
+MODEL_SOURCE_KINDS = frozenset({"yesno", "beaver-reward", "beaver-cost", "seqcls", "seqcls-logit1"})
+
+
 def scorer_identity(spec: str, objective: str) -> str:
     """What a scorer spec really is, without loading it: a trained scorer's recipe hash (its
     data by content, its backbone by identity) or folder digest; any other kind's model
@@ -204,7 +208,11 @@ def scorer_identity(spec: str, objective: str) -> str:
     from mobench.models import model_identity
 
     kind, source = split_spec(spec)
-    return trained_identity(source, objective) if kind == "trained" else model_identity(source)
+    if kind == "trained":
+        return trained_identity(source, objective)
+    if kind in MODEL_SOURCE_KINDS:
+        return model_identity(source)
+    return source  # a kind registered elsewhere: its source string is all mobench knows
 
 
 def scorer_cache_key(spec: str, objective: str, dtype: str) -> str:
