@@ -864,10 +864,11 @@ def _score(
         # reductions depend on the batch, and near-tied fronts make metrics depend on it).
         for _, rows in itertools.groupby(keys, key=lambda k: k[0]):
             part = list(rows)
-            values = scorer.score(
-                [prompts[pid].prompt for pid, _ in part],
-                [task.postprocess(gens[k]["text"]) for k in part],
-            )
+            with scoring_threads(spec.device):
+                values = scorer.score(
+                    [prompts[pid].prompt for pid, _ in part],
+                    [task.postprocess(gens[k]["text"]) for k in part],
+                )
             run.append_scores(
                 {
                     "prompt_id": pid,
@@ -882,6 +883,25 @@ def _score(
     timing = (run.read(run.own("timing.json"), {}) or {}).get("score", {})
     _update_timing(run, "score", wall_s=float(timing.get("wall_s", 0.0)) + time.perf_counter() - t0)
     return n_todo
+
+
+@contextlib.contextmanager
+def scoring_threads(device: str) -> Any:
+    """Score on ONE intra-op thread on CPU: a CPU reduction's order follows the thread count,
+    so even fp32 scores differ in the last bits between 1 and 2 threads (measured: 1e-7 on the
+    unit preset; 0.05 in bf16). One thread everywhere makes a score the same in a single
+    process, in every torchrun rank and on re-scoring; scorers cost little next to generation."""
+    import torch
+
+    if not device.startswith("cpu"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def score_matrix(
