@@ -247,6 +247,10 @@ def run(
     from mobench.sharding import check_device_map, resolve_shard
 
     try:
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError("--batch-size must be at least 1")
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise ConfigError("--max-new-tokens must be at least 1")
         this_shard = resolve_shard(shard)
         placement = pipeline.Placement(
             device_map=_parse_device_map(device_map), guide_device=guide_device
@@ -269,6 +273,7 @@ def run(
             device=device,
             overrides=parse_set_option(set_ or []),
             data_dir=data_dir,
+            identify=not dry_run,
         )
         if dry_run:
             _print_dry_run(pipeline.describe_run(spec), out or pipeline.default_run_dir(spec))

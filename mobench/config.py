@@ -11,12 +11,15 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+#: 2: the spec names every model's identity (``models``) and the scorers' dtype
+SCHEMA_VERSION = 2
 
 
 class ConfigError(ValueError):
@@ -59,7 +62,10 @@ class Preset:
         scorers: objective -> scorer spec ``KIND:SOURCE`` (the task builds them).
         hv_ref_point: the HV reference point of this (task, preset), in objective order.
         grid: alpha grid name (see :func:`alpha_grid`).
-        dtype: "auto" | "float32" | "bfloat16" | "float16".
+        dtype: "auto" | "float32" | "bfloat16" | "float16" (base model and guides).
+        scorer_dtype: the scorers' dtype, float32 by default: a bf16 score depends on how many
+            threads (and so processes) computed it, fp32 does not; scorers are cheap next to
+            generation.
         batch_size: decoding rows per batch (an execution detail, not part of the spec hash).
         templates: model source -> prompt template with ``{prompt}``, for models without a chat
             template or where the paper used a specific one.
@@ -82,6 +88,7 @@ class Preset:
     training: dict[str, Any] = field(default_factory=dict)
     grid: str = "simplex-0.1"
     dtype: str = "auto"
+    scorer_dtype: str = "float32"
     batch_size: int = 16
     templates: dict[str, str] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
@@ -89,7 +96,12 @@ class Preset:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything that determines a run's results. Its hash names the run directory."""
+    """Everything that determines a run's results. Its hash names the run directory.
+
+    ``models`` maps every model string the run uses (base, guide backbone, each scorer spec) to
+    the identity of the weights it resolved to (:func:`mobench.models.model_identity`), so the
+    same alias on other weights is another run.
+    """
 
     task: str
     method: str
@@ -111,6 +123,8 @@ class RunSpec:
     device: str
     templates: dict[str, str] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    scorer_dtype: str = "float32"
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -118,7 +132,19 @@ class RunSpec:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> RunSpec:
+        """Read a spec.json.
+
+        Raises:
+            ConfigError: the spec was written by a mobench with another schema version.
+        """
         obj = dict(obj)
+        version = obj.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ConfigError(
+                f"spec.json has schema_version {version}, this mobench reads {SCHEMA_VERSION} "
+                "(older specs do not record model identities or the scorer dtype); start the "
+                "run again in a new directory"
+            )
         obj["objectives"] = tuple(obj["objectives"])
         obj["split_sizes"] = tuple(obj["split_sizes"])
         obj["alphas"] = tuple(tuple(float(a) for a in row) for row in obj["alphas"])
@@ -256,7 +282,52 @@ def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
             f"unknown {type(config).__name__} field(s): {', '.join(unknown)}; "
             f"known: {', '.join(sorted(known))}"
         )
+    hints = typing.get_type_hints(type(config))
+    for name, value in overrides.items():
+        if not _matches(value, hints.get(name, Any)):
+            raise ConfigError(
+                f"{type(config).__name__}.{name}={value!r} has the wrong type (expected "
+                f"{_type_name(hints[name])}, e.g. {json.dumps(dataclasses.asdict(config)[name])})"
+            )
     return dataclasses.replace(config, **overrides)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a ``--set`` value (parsed JSON) fits a dataclass field's annotation."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:  # JSON true/false are not counts
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and bool(np.isfinite(value))
+        )
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple or hint is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return all(_matches(v, args[0]) for v in value) if args else True
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def parse_set_option(items: list[str]) -> dict[str, dict[str, Any]]:

@@ -149,6 +149,15 @@ class Task(ABC):
     def scorers(self, spec: RunSpec, device: str) -> dict[str, Scorer]:
         """One scorer per objective, keyed by objective name."""
 
+    def scorer_identity(self, spec: str, objective: str) -> str:
+        """What the preset's scorer string ``spec`` stands for (the identity of its weights),
+        without loading it; it enters the run's spec. Default: mobench's ``KIND:SOURCE``
+        scorers (:func:`mobench.tasks.scorers.scorer_identity`); a task that builds its own
+        scorers from other strings overrides this."""
+        from mobench.tasks.scorers import scorer_identity
+
+        return scorer_identity(spec, objective)
+
     def render(self, prompt: Conversation, tokenizer: Any, template: str | None = None) -> str:
         """The prompt as text for one model: ``template`` if given (a ``str.format`` pattern with
         ``{prompt}``), else the tokenizer's chat template, else the task's default template."""

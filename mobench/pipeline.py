@@ -13,6 +13,7 @@ import datetime as _dt
 import hashlib
 import itertools
 import json
+import math
 import os
 import platform
 import resource
@@ -89,16 +90,23 @@ def resolve_spec(
     device: str = "auto",
     overrides: dict[str, dict[str, Any]] | None = None,
     data_dir: str | Path | None = None,
+    identify: bool = True,
 ) -> RunSpec:
     """Combine a task, a method and a preset with command-line overrides into a RunSpec.
 
     ``data_dir`` is a local copy of the data sets (``--data-dir``): ``data-dir:`` references in
     the data and scorer strings point into it, and a hub data source is replaced by the task's
     local copy there (:meth:`Task.local_data`).
+
+    With ``identify`` (the default) every model is identified (:func:`identify_models`; hashes
+    weight files once, may ask the hub for a revision); ``--dry-run`` passes False.
     """
     from mobench.models import resolve_device, resolve_dtype
+    from mobench.training import ARMTrainingConfig, check_training_config
 
     overrides = overrides or {}
+    if seed is not None and seed < 0:
+        raise ConfigError("--seed must be >= 0")
     task_cls = get_task(task)
     method_cls = get_method(method)
     p = get_preset(task, preset)
@@ -118,6 +126,8 @@ def resolve_spec(
             method_config = apply_overrides(method_config, {"seed": seed})
     if overrides.get("method"):
         method_config = apply_overrides(method_config, overrides["method"])
+    if isinstance(method_config, ARMTrainingConfig):
+        check_training_config(method_config)
     objectives = tuple(task_cls.objectives)
     if alphas is not None:
         grid_name, grid_arr = "custom", parse_alphas(alphas, objectives)
@@ -131,6 +141,7 @@ def resolve_spec(
         )
     if limit is not None and limit < 1:
         raise ConfigError("--limit must be at least 1")
+    _check_preset(p)
     dev = resolve_device(device)
     base = base_model or p.base_model
     data_source = data or p.data
@@ -139,7 +150,9 @@ def resolve_spec(
     data_source = resolve_data_dir_refs(data_source, data_dir)
     scorers = {o: resolve_data_dir_refs(s, data_dir) for o, s in p.scorers.items()}
     task_options = _task_options(task_cls, p.task_options, overrides.get("task", {}))
-    return RunSpec(
+    check_generation(gen)
+    scorer_dtype = resolve_dtype(p.scorer_dtype, dev)
+    spec = RunSpec(
         task=task,
         method=method,
         preset=preset,
@@ -160,7 +173,60 @@ def resolve_spec(
         device=dev,
         templates=dict(p.templates),
         task_options=task_options,
+        scorer_dtype=scorer_dtype,
     )
+    return dataclasses.replace(spec, models=identify_models(spec)) if identify else spec
+
+
+def _check_preset(p: Any) -> None:
+    """The preset's sizes (``--set preset.X=V`` may have changed them) make sense."""
+    if len(p.split_sizes) != 3 or any(n < 0 for n in p.split_sizes) or p.split_sizes[2] < 1:
+        raise ConfigError(
+            f"preset.split_sizes={list(p.split_sizes)}; give [train, validation, test] with "
+            "counts >= 0 and at least 1 test row"
+        )
+    if p.test_limit is not None and p.test_limit < 1:
+        raise ConfigError(f"preset.test_limit={p.test_limit}; it must be at least 1 or null")
+    if p.batch_size < 1:
+        raise ConfigError(f"preset.batch_size={p.batch_size}; it must be at least 1")
+    if p.split_seed < 0:
+        raise ConfigError(f"preset.split_seed={p.split_seed}; it must be >= 0")
+
+
+def identify_models(spec: RunSpec) -> dict[str, str]:
+    """Every model string of the run (base, guide backbone, each scorer spec) -> the identity
+    of the weights it stands for (:func:`mobench.models.model_identity`)."""
+    from mobench.models import model_identity
+
+    task = get_task(spec.task)()
+    out = {spec.base_model: model_identity(spec.base_model)}
+    out.setdefault(spec.guide_model, model_identity(spec.guide_model))
+    for objective, scorer in spec.scorers.items():
+        out[scorer] = task.scorer_identity(scorer, objective)
+    return out
+
+
+def check_generation(gen: Any) -> None:
+    """Refuse generation settings no run can use, before anything loads.
+
+    Raises:
+        ConfigError: naming the field and what it must be.
+    """
+    if isinstance(gen.max_new_tokens, bool) or not isinstance(gen.max_new_tokens, int):
+        raise ConfigError(f"max_new_tokens={gen.max_new_tokens!r}; give a whole number >= 1")
+    if gen.max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens={gen.max_new_tokens}; it must be at least 1")
+    if not isinstance(gen.sampling, bool):
+        raise ConfigError(f"generation.sampling={gen.sampling!r}; use true or false")
+    if isinstance(gen.seed, bool) or not isinstance(gen.seed, int):
+        raise ConfigError(f"seed={gen.seed!r}; give a whole number")
+    for name, low, high in (("temperature", 0.0, None), ("top_p", 0.0, 1.0), ("beta", 0.0, None)):
+        value = getattr(gen, name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and value > low and (high is None or value <= high)
+        if not ok:
+            bound = f"in (0, {high:g}]" if high is not None else "a number > 0"
+            raise ConfigError(f"generation.{name}={value!r}; it must be {bound}")
 
 
 def _task_options(
@@ -309,6 +375,8 @@ def execute_run(
     progress = progress or NullProgress()
     if spec.device == "cpu":
         allocator.reuse_freed_memory()  # per-token logits tensors: no page faults each token
+    if not spec.models:  # a spec resolved with identify=False (e.g. built for --dry-run)
+        spec = dataclasses.replace(spec, models=identify_models(spec))
     run = RunDirectory.open(out_dir or default_run_dir(spec), spec, shard=shard)
     if batch_size is None:
         batch_size = get_preset(spec.task, spec.preset).batch_size
@@ -378,6 +446,14 @@ def _load_splits(run: RunDirectory, task: Task, spec: RunSpec) -> tuple[Any, lis
 def rescore(run: RunDirectory, progress: Progress | None = None) -> dict[str, Any]:
     """Score whatever generations have no score yet and recompute metrics (no generation)."""
     progress = progress or NullProgress()
+    now = identify_models(run.spec)
+    changed = sorted(k for k in now if run.spec.models.get(k) != now[k])
+    if changed:
+        raise RunDirError(
+            f"{run.path}: the weights behind {', '.join(changed)} changed since the run was made "
+            f"({', '.join(f'{run.spec.models.get(k)} -> {now[k]}' for k in changed)}); scores "
+            "from other weights would be mixed in: run the spec again in a new directory"
+        )
     task = get_task(run.spec.task)()
     _, test = _load_splits(run, task, run.spec)
     _score(run, task, test, run.spec, progress)
@@ -474,14 +550,15 @@ def _train(
 def guide_cache_key(spec: RunSpec, splits: Any) -> str:
     """Hash of everything a trained guide depends on (not the alphas, the token budget, the
     scorers or the number of test prompts), so runs that differ only in those reuse it."""
-    from mobench.models import source_fingerprint
+    from mobench.models import model_identity
 
     payload = {
         "task": spec.task,
         "objectives": list(spec.objectives),
         "method": spec.method,
         "method_config": spec.method_config,
-        "guide_model": source_fingerprint(spec.guide_model),
+        # the weights, not the name: one alias can stand for two copies (hub / packaged GGUF)
+        "guide_model": spec.models.get(spec.guide_model) or model_identity(spec.guide_model),
         "template": spec.templates.get(spec.guide_model),
         "train_ids": [p.id for p in splits.train],
         "data": spec.data,
@@ -649,6 +726,7 @@ def _generate(
     progress.log("loading models for generation")
     models = _load_models(spec, task, placement)
     guide = method.guide(run.guide_dir, task, models)
+    run.write("models.json", model_record(spec, models))
     base_template = spec.templates.get(spec.base_model)
     guide_template = spec.templates.get(spec.guide_model)
     prompts = {p.id: p for p, _ in rows}
@@ -734,6 +812,24 @@ def _generate(
     return len(rows)
 
 
+def model_record(spec: RunSpec, models: Any) -> dict[str, Any]:
+    """models.json: per model role, the source string, the identity of its weights, where it
+    was loaded from, and whether its prompts start with BOS (the rule of
+    :func:`mobench.training.uses_bos`, used alike in training, decoding and scoring)."""
+    from mobench.training import uses_bos
+
+    out: dict[str, Any] = {
+        role: {"source": source, "identity": spec.models.get(source), "bos": uses_bos(tok)}
+        for role, source, tok in (
+            ("base", spec.base_model, models.base_tokenizer),
+            ("guide", spec.guide_model, models.guide_tokenizer),
+        )
+    }
+    if "base" in models.resolved:
+        out["base"]["loaded_from"] = dataclasses.asdict(models.resolved["base"])
+    return out
+
+
 def row_seed(seed: int, prompt_id: str, alpha_index: int) -> int:
     """A per-row sampling seed that depends only on the row, never on batch composition."""
     digest = hashlib.sha256(f"{seed}:{prompt_id}:{alpha_index}".encode()).digest()
@@ -772,10 +868,11 @@ def _score(
         # reductions depend on the batch, and near-tied fronts make metrics depend on it).
         for _, rows in itertools.groupby(keys, key=lambda k: k[0]):
             part = list(rows)
-            values = scorer.score(
-                [prompts[pid].prompt for pid, _ in part],
-                [task.postprocess(gens[k]["text"]) for k in part],
-            )
+            with scoring_threads(spec.device):
+                values = scorer.score(
+                    [prompts[pid].prompt for pid, _ in part],
+                    [task.postprocess(gens[k]["text"]) for k in part],
+                )
             run.append_scores(
                 {
                     "prompt_id": pid,
@@ -790,6 +887,25 @@ def _score(
     timing = (run.read(run.own("timing.json"), {}) or {}).get("score", {})
     _update_timing(run, "score", wall_s=float(timing.get("wall_s", 0.0)) + time.perf_counter() - t0)
     return n_todo
+
+
+@contextlib.contextmanager
+def scoring_threads(device: str) -> Any:
+    """Score on ONE intra-op thread on CPU: a CPU reduction's order follows the thread count,
+    so even fp32 scores differ in the last bits between 1 and 2 threads (measured: 1e-7 on the
+    unit preset; 0.05 in bf16). One thread everywhere makes a score the same in a single
+    process, in every torchrun rank and on re-scoring; scorers cost little next to generation."""
+    import torch
+
+    if not device.startswith("cpu"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def score_matrix(
@@ -958,6 +1074,11 @@ def describe_run(spec: RunSpec) -> dict[str, Any]:
         entry = models[role]
         if source in spec.templates and isinstance(entry, dict):
             entry["template"] = spec.templates[source]
+    if not spec.models:
+        models["identities"] = (
+            "resolved when the run starts (weights hashed once, hub ids by revision); they are "
+            "part of the spec, so the run directory's hash is known then"
+        )
     return {
         "run": spec.run_name,
         "spec": spec.to_json(),

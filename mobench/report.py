@@ -564,6 +564,30 @@ def _best_beyond_noise(
     return best
 
 
+def _refuse_mixed_weights(runs: Sequence[LoadedRun]) -> None:
+    """Unrank the runs of a table in which one model name (alias, hub id, scorer spec) stands
+    for different weights (spec ``models``): their numbers measure different models."""
+    for key in {_group_key(r) for r in runs}:
+        members = [r for r in runs if _group_key(r) == key]
+        seen: dict[str, dict[str, list[LoadedRun]]] = {}
+        for r in members:
+            for name, identity in (r.spec_json.get("models") or {}).items():
+                seen.setdefault(name, {}).setdefault(identity, []).append(r)
+        for name, by_identity in sorted(seen.items()):
+            if len(by_identity) < 2:
+                continue
+            detail = "; ".join(
+                f"{i} in {', '.join(r.path.name for r in rs)}"
+                for i, rs in sorted(by_identity.items())
+            )
+            for rs in by_identity.values():
+                for r in rs:
+                    r.problem = (
+                        f"model '{name}' is different weights across this table's runs "
+                        f"({detail}); re-run them on one copy to compare"
+                    )
+
+
 def collect_report_data(
     runs: Sequence[LoadedRun],
     bench: Sequence[BenchResult],
@@ -579,6 +603,7 @@ def collect_report_data(
         bench_warnings: benchmark files that could not be read.
         n_boot: bootstrap resamples per row.
     """
+    _refuse_mixed_weights([r for r in runs if r.problem is None])
     ranked = [r for r in runs if r.problem is None]
     groups = []
     for gi, key in enumerate(sorted({_group_key(r) for r in ranked})):

@@ -150,6 +150,12 @@ class RunDirectory:
                 )
             write_json_atomic(spec_file, spec.to_json(), replace=False)
         stored = read_json(spec_file)
+        if isinstance(stored, dict) and stored.get("schema_version") != spec.schema_version:
+            raise RunDirError(
+                f"{path} was made by a mobench with spec schema {stored.get('schema_version')} "
+                f"(this one writes {spec.schema_version}: it records model identities); "
+                "it cannot be resumed: choose another --out or omit it"
+            )
         if stored != spec.to_json():
             diff = sorted(
                 k

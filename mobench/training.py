@@ -53,6 +53,35 @@ class ARMTrainingConfig:
     seed: int = field(default=42, metadata={"help": "set_seed(42) in both repos"})
 
 
+def check_training_config(config: ARMTrainingConfig) -> None:
+    """Refuse optimisation settings no training can use (before anything loads).
+
+    Raises:
+        ConfigError: naming the field and the range it must be in.
+    """
+    from mobench.config import ConfigError
+
+    def bad(name: str, rule: str) -> ConfigError:
+        return ConfigError(f"method.{name}={getattr(config, name)!r}; it must be {rule}")
+
+    for name in ("per_device_batch_size", "gradient_accumulation_steps", "max_length"):
+        if getattr(config, name) < 1:
+            raise bad(name, "at least 1")
+    if not 1 <= config.max_prompt_length <= config.max_length:
+        raise bad("max_prompt_length", f"between 1 and max_length ({config.max_length})")
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise bad("max_steps", "-1 (off) or at least 1")
+    if not (config.epochs > 0 and math.isfinite(config.epochs)):
+        raise bad("epochs", "a number > 0")
+    if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
+        raise bad("learning_rate", "a number > 0")
+    for name in ("warmup_steps", "weight_decay"):
+        if getattr(config, name) < 0:
+            raise bad(name, ">= 0")
+    if config.seed < 0:
+        raise bad("seed", ">= 0")
+
+
 @dataclass
 class TokenizedPair:
     """A preference pair as token ids: one prompt, two responses (EOS appended), its labels."""
@@ -62,16 +91,35 @@ class TokenizedPair:
     labels: list[int]  # per objective in task order: preferred index, or -1 when unknown
 
 
+#: a short text to ask a tokenizer what it adds around a sequence
+_PROBE_TEXT = "Hello"
+
+
+def uses_bos(tokenizer: Any) -> bool:
+    """Whether the model expects BOS at the start of a sequence, decided by what its tokenizer
+    does with special tokens: encode a text with and without them and see whether BOS comes
+    first only with them.
+
+    Why not ``tokenizer.add_bos_token``: under transformers 5 a Llama-2-style tokenizer whose
+    tokenizer.json post-processor adds ``<s>`` reloads with ``add_bos_token=False`` although it
+    still adds ``<s>`` (METHODS §10.6; the official code always prepends it). Not cached: a
+    tokenizer's settings can change, and two short encodings cost microseconds.
+    """
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    with_special = list(tokenizer(_PROBE_TEXT, add_special_tokens=True)["input_ids"])
+    without = list(tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"])
+    return bool(with_special) and with_special[0] == bos and without[:1] != [bos]
+
+
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a rendered prompt, with BOS prepended exactly once when the tokenizer uses
-    one (chat templates may already contain it: METHODS §10.6, double BOS)."""
+    """Token ids of a rendered prompt, with BOS prepended exactly once when the model expects
+    one (:func:`uses_bos`; chat templates may already contain it: METHODS §10.6, double BOS).
+    Training, decoding and the scorers all encode through this rule."""
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     bos = tokenizer.bos_token_id
-    if (
-        bos is not None
-        and getattr(tokenizer, "add_bos_token", False)
-        and (not ids or ids[0] != bos)
-    ):
+    if bos is not None and uses_bos(tokenizer) and (not ids or ids[0] != bos):
         ids = [bos, *ids]
     return ids
 

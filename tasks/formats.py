@@ -46,6 +46,17 @@ HH_SUBSET_OBJECTIVES: dict[str, str] = {
     "helpful-rejection-sampled": "helpful",
 }
 
+#: the most rows of an HH file that may be skipped as known upstream defects (about 1 % of
+#: upstream rows are; more means the file is not what mobench thinks it is)
+HH_MAX_SKIP_RATE = 0.05
+
+
+class HHDefect(DataError):
+    """A known defect of upstream HH-RLHF rows (about 1 %): turns that do not alternate,
+    chosen and rejected with different prefixes or without a final Assistant turn, identical
+    responses. Only these are skipped (and counted); any other problem stops the load."""
+
+
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 _HH_SPEAKERS = {"user": "Human", "assistant": "Assistant"}
 # A turn marker is "\n\nHuman:" / "\n\nAssistant:". "Human:" elsewhere (no blank line before it)
@@ -109,7 +120,7 @@ def parse_hh_dialogue(text: str) -> Conversation:
                 "'\\n\\nHuman:'"
             )
         if conv and conv[-1]["role"] == role:
-            raise DataError(
+            raise HHDefect(
                 f"turns do not alternate: turn {k + 1} is a second {speaker} turn in a row "
                 f"(starting {_snippet(_strip_one_space(text[m.end() : end]), 40)}); "
                 "HH dialogues must alternate Human/Assistant"
@@ -165,12 +176,9 @@ def hh_record_to_pair(
         try:
             conv = parse_hh_dialogue(rec[key])
         except DataError as e:
-            raise DataError(
-                f"{where}: {key}: {e} (fix the row, or load with skip_malformed=True to skip "
-                "such rows)"
-            ) from None
+            raise type(e)(f"{where}: {key}: {e} (fix the row)") from None
         if conv[-1]["role"] != "assistant":
-            raise DataError(
+            raise HHDefect(
                 f"{where}: {key}: the dialogue ends with a Human turn "
                 f"({_snippet(conv[-1]['content'], 40)}); it must end with the Assistant response "
                 "(fix the row, or load with skip_malformed=True to skip such rows)"
@@ -183,13 +191,13 @@ def hh_record_to_pair(
         else:
             k = next(i for i, (a, b) in enumerate(zip(chosen, rejected, strict=True)) if a != b)
             detail = f"they first differ at turn {k + 1} of {len(chosen)}"
-        raise DataError(
+        raise HHDefect(
             f"{where}: chosen and rejected have different dialogue prefixes ({detail}); "
             "HH pairs must differ only in the final Assistant turn "
             "(fix the row, or load with skip_malformed=True to skip such rows)"
         )
     if chosen[-1]["content"] == rejected[-1]["content"]:
-        raise DataError(
+        raise HHDefect(
             f"{where}: chosen and rejected are identical, so the pair carries no preference "
             "(drop the row, or load with skip_malformed=True to skip such rows)"
         )
@@ -208,6 +216,7 @@ def load_hh_file(
     skip_malformed: bool = False,
     *,
     objective: str | None = None,
+    max_skip_rate: float = HH_MAX_SKIP_RATE,
 ) -> tuple[list[PreferencePair], int]:
     """Load an HH-RLHF file (.jsonl.gz upstream; .json/.jsonl/.parquet work too).
 
@@ -215,14 +224,19 @@ def load_hh_file(
         path: the file; upstream, its parent folder names the subset
             (``harmless-base/test.jsonl.gz``).
         subset: one of :data:`HH_SUBSET_OBJECTIVES`; inferred from ``path`` when omitted.
-        skip_malformed: skip rows that cannot become a pair (differing prefixes, turns that do
-            not alternate, identical responses, missing columns) instead of raising; they are
-            counted, returned and logged. A file that is not valid JSON(L) still raises.
+        skip_malformed: skip rows with a known upstream defect (:class:`HHDefect`) instead of
+            raising; they are counted, returned and logged. Every other problem (a file in
+            another schema, missing columns, unparsable dialogues) still raises, and so does a
+            skip rate above ``max_skip_rate``.
         objective: the label's objective; defaults to the subset's (see
             :data:`HH_SUBSET_OBJECTIVES`). Needed for a subset name mobench does not know.
+        max_skip_rate: the largest fraction of rows that may be skipped.
 
     Returns:
         ``(pairs, n_skipped)``.
+
+    Raises:
+        DataError: naming the file (and row) and the problem.
     """
     if subset is None:
         subset = infer_hh_subset(path)
@@ -241,25 +255,41 @@ def load_hh_file(
     pairs: list[PreferencePair] = []
     skipped: list[str] = []
     for row, rec in iter_records(path):
+        if not pairs and not skipped:  # the first row: is this an HH file at all?
+            check_hh_schema(rec, row, path)
         try:
             pairs.append(hh_record_to_pair(rec, row, path, objective, subset=subset))
-        except DataError as e:
+        except HHDefect as e:
             if not skip_malformed:
                 raise
             skipped.append(str(e))
+    total = len(skipped) + len(pairs)
     if skipped:
-        # the first reason, without the "(fix the row, or ... skip_malformed=True ...)" hint,
-        # which is for strict loads: these rows were skipped on purpose
-        hint = r" \((fix|drop) the row, or load with skip_malformed[^)]*\)$"
-        first = re.sub(hint, "", skipped[0])
+        first = re.sub(r" \((fix|drop) the row[^)]*\)$", "", skipped[0])
+        first = first.removeprefix(f"{path}: ")
+        if len(skipped) > max(1.0, max_skip_rate * total):  # one bad row of a small sample
+            raise DataError(
+                f"{path}: {len(skipped)} of {total} rows are not usable HH pairs, more than the "
+                f"{max_skip_rate:.0%} upstream files have (first: {first}); check the file"
+            )
         log.warning(
             "%s: skipped %d of %d rows that are not usable HH pairs (first: %s)",
             path,
             len(skipped),
-            len(skipped) + len(pairs),
-            first.removeprefix(f"{path}: "),
+            total,
+            first,
         )
     return pairs, len(skipped)
+
+
+def check_hh_schema(rec: dict[str, Any], row: int, path: str | Path) -> None:
+    """A file in another schema fails on its first row, with what was found instead."""
+    if "chosen" not in rec and "rejected" not in rec:  # one of them: a missing column
+        raise DataError(
+            f"{path}: row {row}: not an HH-RLHF row (found columns "
+            f"{', '.join(sorted(rec)) or 'none'}; expected chosen, rejected); pass an HH-RLHF "
+            "file, or a mobench pair file with prompt/responses/labels"
+        )
 
 
 def truncate_at_new_turn(text: str) -> str:

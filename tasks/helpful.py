@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mobench.tasks.formats import (
+    HH_MAX_SKIP_RATE,
     HH_SUBSET_OBJECTIVES,
+    HHDefect,
+    check_hh_schema,
     hh_record_to_pair,
     load_hh_file,
     load_pair_file,
@@ -124,12 +127,19 @@ class HelpfulTask(PreferenceTask):
                 where = f"{source.location}/{subset}[{split}]"
                 skipped = 0
                 for i, rec in enumerate(records, start=1):
+                    if i == 1:
+                        check_hh_schema(rec, i, where)
                     try:
                         pair = hh_record_to_pair(rec, i, where, objective, subset=subset)
-                    except DataError:
-                        skipped += 1  # upstream rows that are not pairs (~1 %), counted below
+                    except HHDefect:
+                        skipped += 1  # known upstream defects (~1 %), counted below
                         continue
                     rows.append(_with_split_id(pair, subset, split, i))
+                if skipped > max(1.0, HH_MAX_SKIP_RATE * len(records)):
+                    raise DataError(
+                        f"{where}: {skipped} of {len(records)} rows are not usable HH pairs, "
+                        f"more than the {HH_MAX_SKIP_RATE:.0%} upstream has; check the source"
+                    )
                 skipped_rows[where] = skipped
                 if skipped:
                     log.warning(

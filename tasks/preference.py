@@ -305,7 +305,7 @@ class PreferenceTask(Task):
     def scorer_key(self, spec: RunSpec, objective: str) -> str:
         from mobench.tasks.scorers import scorer_cache_key
 
-        return scorer_cache_key(spec.scorers[objective], objective)
+        return scorer_cache_key(spec.scorers[objective], objective, spec.scorer_dtype)
 
     def scorer(self, spec: RunSpec, objective: str) -> Scorer:
         """The objective's scorer, built once per task instance (relabelling and scoring share
@@ -318,7 +318,7 @@ class PreferenceTask(Task):
                     f"the preset names no scorer for objective '{objective}'; add it to scorers"
                 )
             self._scorers[objective] = build_scorer(
-                spec.scorers[objective], objective, device=spec.device, dtype=spec.dtype
+                spec.scorers[objective], objective, device=spec.device, dtype=spec.scorer_dtype
             )
         return self._scorers[objective]
 

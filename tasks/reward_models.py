@@ -553,22 +553,31 @@ class BeaverScorer(_BatchedScorer):
             max_length,
         )
         self._warned_bos = False
+        from mobench.training import uses_bos
+
+        self.uses_bos = uses_bos(self.tokenizer)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"bos": self.uses_bos}
 
     def _encode(
         self, prompts: Sequence[Conversation], responses: Sequence[str]
     ) -> list[dict[str, list[int]]]:
+        from mobench.training import encode_prompt
+
         eos = self.tokenizer.eos_token or ""
         texts = [format_beaver_input(p, r, eos) for p, r in zip(prompts, responses, strict=True)]
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        rows = _rows(enc, ["input_ids", "attention_mask"])
-        bos = self.tokenizer.bos_token_id
-        if bos is not None and not self._warned_bos and rows and rows[0]["input_ids"][0] != bos:
+        # BOS by the rule training and decoding use (mobench.training.uses_bos): what the
+        # tokenizer adds with its special tokens, once; then the tokenizer's right truncation
+        ids = [encode_prompt(self.tokenizer, t)[: self.max_length] for t in texts]
+        if not self.uses_bos and not self._warned_bos:
             log.warning(
-                "%s: the tokenizer did not add BOS; safe-rlhf's LLaMA tokenizer does",
+                "%s: the tokenizer adds no BOS; safe-rlhf's LLaMA tokenizer does",
                 self.fingerprint,
             )
             self._warned_bos = True
-        return rows
+        return [{"input_ids": row, "attention_mask": [1] * len(row)} for row in ids]
 
     def _pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id)

@@ -57,7 +57,8 @@ class YesNoJudgeScorer(Scorer):
         batch_size: int = 16,
         max_length: int = 768,
     ) -> None:
-        from mobench.models import load_causal_lm, load_tokenizer
+        from mobench.models import load_causal_lm, load_tokenizer, model_identity
+        from mobench.training import uses_bos
 
         if objective not in YES_NO_QUESTIONS:
             raise ValueError(
@@ -66,13 +67,21 @@ class YesNoJudgeScorer(Scorer):
             )
         self.objective = objective
         self.question = YES_NO_QUESTIONS[objective]
-        self.fingerprint = f"proxy-yesno:{source}:{objective}"
+        # the weights' identity and the dtype: the same alias on other weights, or the same
+        # weights in bf16, give other scores
+        identity = model_identity(source)
+        self.fingerprint = f"proxy-yesno:{source}@{identity}:{objective}|dtype={dtype}"
         self.tokenizer = load_tokenizer(source)
+        self.uses_bos = uses_bos(self.tokenizer)
         self.model, _ = load_causal_lm(source, dtype=dtype, device=device)
         self.batch_size = batch_size
         self.max_length = max_length
         self.yes_ids = self._answer_ids(("Yes", " Yes", "yes", " yes"))
         self.no_ids = self._answer_ids(("No", " No", "no", " no"))
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"bos": self.uses_bos}
 
     def _answer_ids(self, words: tuple[str, ...]) -> list[int]:
         ids = set()
@@ -186,17 +195,34 @@ def build_scorer(spec: str, objective: str, *, device: str, dtype: str, **kwargs
     return SCORER_KINDS[kind](objective, source, device=device, dtype=dtype, **kwargs)
 
 
-def scorer_cache_key(spec: str, objective: str) -> str:
-    """A file-name-safe key for caching this scorer's scores: kind, objective, and what
-    identifies the model (hub id; a local folder's config and weight sizes; a trained
-    scorer's recipe hash, with its data by content), without loading the model."""
-    import hashlib
+#: built-in kinds whose SOURCE is a model (folder, hub id, alias, .gguf)
+MODEL_SOURCE_KINDS = frozenset({"yesno", "beaver-reward", "beaver-cost", "seqcls", "seqcls-logit1"})
 
-    from mobench.tasks.trained_scorer import source_digest, trained_identity
+
+def scorer_identity(spec: str, objective: str) -> str:
+    """What a scorer spec really is, without loading it: a trained scorer's recipe hash (its
+    data by content, its backbone by identity) or folder digest; any other kind's model
+    identity (:func:`mobench.models.model_identity`)."""
+    from mobench.tasks.trained_scorer import trained_identity
+
+    from mobench.models import model_identity
 
     kind, source = split_spec(spec)
-    identity = trained_identity(source, objective) if kind == "trained" else source_digest(source)
-    digest = hashlib.sha256(f"{kind}|{objective}|{identity}".encode()).hexdigest()[:16]
+    if kind == "trained":
+        return trained_identity(source, objective)
+    if kind in MODEL_SOURCE_KINDS:
+        return model_identity(source)
+    return source  # a kind registered elsewhere: its source string is all mobench knows
+
+
+def scorer_cache_key(spec: str, objective: str, dtype: str) -> str:
+    """A file-name-safe key for caching this scorer's scores: kind, objective, dtype and what
+    identifies the model (:func:`scorer_identity`), without loading the model."""
+    import hashlib
+
+    kind, _ = split_spec(spec)
+    identity = scorer_identity(spec, objective)
+    digest = hashlib.sha256(f"{kind}|{objective}|{identity}|{dtype}".encode()).hexdigest()[:16]
     return f"{kind}-{objective}-{digest}"
 
 

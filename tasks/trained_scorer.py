@@ -146,22 +146,6 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def source_digest(source: str) -> str:
-    """What identifies a model source in a hash: the string, plus for a local folder a digest
-    of its config and the sizes of its weight files (a retrained folder hashes differently)."""
-    path = Path(source).expanduser()
-    if not path.is_dir():
-        return source
-    h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.name.endswith((".json", ".safetensors")) and f.is_file():
-            h.update(f.name.encode())
-            h.update(str(f.stat().st_size).encode())
-            if f.suffix == ".json":
-                h.update(f.read_bytes())
-    return f"{path.name}#{h.hexdigest()[:16]}"
-
-
 def recipe_hash(recipe: ScorerRecipe) -> str:
     """Hash of the recipe with every data file replaced by its content hash."""
     for f in recipe.data:
@@ -169,7 +153,10 @@ def recipe_hash(recipe: ScorerRecipe) -> str:
             raise DataError(f"trained scorer data file {f} does not exist")
     obj = recipe.to_json()
     obj["data"] = [file_digest(f) for f in recipe.data]
-    obj["backbone"] = source_digest(recipe.backbone)
+    # the backbone's weights, not its name: an alias can stand for two copies
+    from mobench.models import model_identity
+
+    obj["backbone"] = model_identity(recipe.backbone)
     text = json.dumps(obj, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -214,7 +214,10 @@ def test_hh_differing_prefix_raises_and_can_be_skipped(tmp_path):
     with pytest.raises(DataError) as err:
         load_hh_file(path)
     assert_one_line_error(err, path, 2, "different dialogue prefixes", "skip_malformed")
-    pairs, skipped = load_hh_file(path, skip_malformed=True)
+    # 2 of 3 rows is far above what upstream files have: refused, naming the rate
+    with pytest.raises(DataError, match="2 of 3 rows are not usable HH pairs"):
+        load_hh_file(path, skip_malformed=True)
+    pairs, skipped = load_hh_file(path, skip_malformed=True, max_skip_rate=1.0)
     assert skipped == 2
     assert [p.id for p in pairs] == ["harmless-base:1"]
     assert pairs[0].labels == {"harmless": 0}

@@ -311,7 +311,7 @@ def test_which_backbone_the_guide_is_trained_on(unit_preset: Any) -> None:
 
     def guide_of(preset_guide: str | None = None, **kw: str) -> tuple[str, str]:
         overrides = {"preset": {"guide_model": preset_guide}} if preset_guide else {}
-        spec = resolve_spec("safety", "mod_w2s", "unit", overrides=overrides, **kw)
+        spec = resolve_spec("safety", "mod_w2s", "unit", overrides=overrides, identify=False, **kw)
         return spec.base_model, spec.guide_model
 
     default = unit_preset.base_model

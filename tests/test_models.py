@@ -105,10 +105,8 @@ def test_packaged_gguf_converts_once_and_answers(
     from mobench import models
 
     monkeypatch.setenv("MOBENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_hub_snapshot_available", lambda hub_id: False)
-    models._resolve_packaged.cache_clear()
+    monkeypatch.setenv("MOBENCH_PACKAGED_COPY", "gguf")  # the packaged copy, explicitly
     resolved = resolve_model_source("smollm2-135m-instruct")
-    models._resolve_packaged.cache_clear()
     assert resolved.origin == "packaged-gguf"
     converted = Path(resolved.location)
     assert (converted / "model.safetensors").exists() and (converted / "config.json").exists()

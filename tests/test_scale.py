@@ -412,3 +412,42 @@ def test_merged_timing_adds_work_and_keeps_training() -> None:
     assert merged["generate"]["peak_memory_mb"] == 7.0
     assert merged["score"] == {"wall_s": 1.0}
     assert list(merged["shards"]) == ["shard-0-of-2", "shard-1-of-2"]
+
+
+def test_torchrun_at_the_default_dtype_scores_like_one_process(
+    unit_preset: Any, tiny_model_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 item 7: at the default dtype (bf16 where `--dtype auto` picks it), a run split
+    over 2 one-thread processes writes the scores and metrics of one process on the default
+    thread count: scorers run in fp32 whatever the run's dtype."""
+    monkeypatch.setenv("MOBENCH_GUIDE_CACHE", str(tmp_path / "guides"))
+    spec = resolve_spec(
+        "safety", "genarm", "unit", device="cpu", dtype="auto", overrides=NO_DROPOUT
+    )
+    single = tmp_path / "single"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))  # not the launched processes' single thread
+    try:
+        execute_run(spec, single)
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "launched"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "tests.launch_unit_run", tiny_model_dir,
+        "--method", "genarm", "--device", "cpu", "--dtype", "auto",
+        "--set", "method.lora_dropout=0.0", "--out", str(out),
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "MOBENCH_GUIDE_CACHE": str(tmp_path / "guides"),  # the same guide: scoring is the point
+    }
+    proc = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert read_json(out / "spec.json") == spec.to_json()
+    assert "float32" in json.dumps(read_json(out / "scorers.json"))
+    _assert_same_results(RunDirectory(out, spec), RunDirectory(single, spec))

@@ -73,6 +73,9 @@ class YesNoTask(Task):
     def scorers(self, spec: RunSpec, device: str) -> dict[str, Scorer]:
         return {o: WordScorer(o) for o in self.objectives}
 
+    def scorer_identity(self, spec: str, objective: str) -> str:
+        return WordScorer(objective).fingerprint  # no weights: the rule is the identity
+
 
 #: per method: what makes a tiny random model learn this task in a few dozen updates (the
 #: official defaults are sized for 7B models and thousands of pairs)

@@ -457,26 +457,26 @@ def test_data_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.delenv("MOBENCH_DATA_DIR", raising=False)
     write_hh_folder(tmp_path / "hh-rlhf", "test")
-    spec = resolve_spec("helpful", "genarm", "mini", data_dir=tmp_path)
+    spec = resolve_spec("helpful", "genarm", "mini", data_dir=tmp_path, identify=False)
     assert (
         spec.data == f"{tmp_path.resolve()}/hh-rlhf?subsets=helpful-base,harmless-base&split=test"
     )
     assert "data-dir:" not in json.dumps(spec.to_json())
     assert f"{tmp_path.resolve()}/hh-rlhf/helpful-base/test.jsonl.gz" in spec.scorers["helpful"]
     with pytest.raises(DataError, match="pass --data-dir"):
-        resolve_spec("helpful", "genarm", "mini")
+        resolve_spec("helpful", "genarm", "mini", identify=False)
     # a hub source with --data-dir reads the task's local copy, or says what is missing
     with pytest.raises(ConfigError) as err:
-        resolve_spec("helpful", "genarm", "paper", data_dir=tmp_path)
+        resolve_spec("helpful", "genarm", "paper", data_dir=tmp_path, identify=False)
     assert "split 'train'" in str(err.value) and "helpful-base/test.jsonl.gz" in str(err.value)
     write_hh_folder(tmp_path / "hh-rlhf", "train")
-    paper = resolve_spec("helpful", "genarm", "paper", data_dir=tmp_path)
+    paper = resolve_spec("helpful", "genarm", "paper", data_dir=tmp_path, identify=False)
     assert paper.data == f"{tmp_path}/hh-rlhf?subsets=helpful-base,harmless-base&split=train"
     with pytest.raises(ConfigError, match="no local copy of PKU-Alignment/PKU-SafeRLHF-10K"):
-        resolve_spec("safety", "genarm", "paper", data_dir=tmp_path)
+        resolve_spec("safety", "genarm", "paper", data_dir=tmp_path, identify=False)
     (tmp_path / "pku-saferlhf").mkdir()
     write_rows(tmp_path / "pku-saferlhf" / "PKU-SafeRLHF-10K.jsonl", PKU_ROWS)
-    safety = resolve_spec("safety", "genarm", "paper", data_dir=tmp_path)
+    safety = resolve_spec("safety", "genarm", "paper", data_dir=tmp_path, identify=False)
     assert safety.data == str(tmp_path / "pku-saferlhf" / "PKU-SafeRLHF-10K.jsonl")
 
 
@@ -487,7 +487,7 @@ def test_paper_and_mini_presets_follow_methods_section_7() -> None:
     from mobench.pipeline import resolve_spec
     from mobench.registry import get_preset
 
-    safety = resolve_spec("safety", "genarm", "paper")
+    safety = resolve_spec("safety", "genarm", "paper", identify=False)
     assert safety.base_model == safety.guide_model == "PKU-Alignment/alpaca-7b-reproduced"
     assert safety.data == "PKU-Alignment/PKU-SafeRLHF-10K"
     assert safety.split_sizes == (8000, 500, 1500)
@@ -506,18 +506,18 @@ def test_paper_and_mini_presets_follow_methods_section_7() -> None:
 
     assert safety.method_config == json.loads(json.dumps(dataclasses.asdict(GenARMConfig())))
     assert len(safety.alphas) == 11
-    w2s = resolve_spec("safety", "genarm", "paper-w2s")
+    w2s = resolve_spec("safety", "genarm", "paper-w2s", identify=False)
     assert w2s.base_model == "TheBloke/alpaca-lora-65B-GPTQ"
     assert w2s.templates[w2s.base_model] == ALPACA_TEMPLATE
     assert w2s.templates[w2s.guide_model] == SAFE_RLHF_TEMPLATE
-    helpful = resolve_spec("helpful", "genarm", "paper")
+    helpful = resolve_spec("helpful", "genarm", "paper", identify=False)
     assert helpful.base_model == "meta-llama/Llama-2-7b-chat-hf"
     assert helpful.guide_model == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
     assert helpful.split_sizes == (10000, 1000, 1000)
     assert helpful.alphas == MOD_13 and helpful.grid == "mod13"
     assert set(helpful.scorers) == {"helpful", "harmless", "humor"}
     assert helpful.scorers["humor"] == "seqcls-logit1:mohameddhiab/humor-no-humor"
-    full = resolve_spec("helpful", "genarm", "paper", grid="simplex-0.1")
+    full = resolve_spec("helpful", "genarm", "paper", grid="simplex-0.1", identify=False)
     assert len(full.alphas) == 66
     for task in ("safety", "helpful"):
         mini = get_preset(task, "mini")

@@ -102,8 +102,12 @@ def test_scorer_spec_string_builds_the_cached_scorer(trained_scorer, monkeypatch
     assert ts.parse_recipe(spec.removeprefix("trained:"), "helpful") == recipe
     scorer = build_scorer(spec, "helpful", device="cpu", dtype="float32")
     assert isinstance(scorer, ts.TrainedRewardScorer) and scorer.folder == folder
-    assert scorer_cache_key(spec, "helpful") == scorer_cache_key(spec, "helpful")
-    assert scorer_cache_key(spec, "helpful") != scorer_cache_key(f"trained:{folder}", "helpful")
+    assert scorer_cache_key(spec, "helpful", "float32") == scorer_cache_key(
+        spec, "helpful", "float32"
+    )
+    assert scorer_cache_key(spec, "helpful", "float32") != scorer_cache_key(
+        f"trained:{folder}", "helpful", "float32"
+    )
     with pytest.raises(ConfigError, match="scores 'helpful', not 'harmless'"):
         build_scorer(f"trained:{folder}", "harmless", device="cpu", dtype="float32")
 
