@@ -14,13 +14,13 @@ import torch
 
 from mobench.bench import (
     BENCH_PRESETS,
-    PeakMemory,
     reference_decode,
     run_bench,
     token_agreement,
 )
 from mobench.config import GenerationConfig
 from mobench.decoding import guided_generate, stock_attention
+from mobench.memory import MemoryMeter
 from mobench.models import ModelContext
 from tests.conftest import build_llama
 from tests.test_decoding import PROMPTS, _encode, random_lora_arms
@@ -73,8 +73,8 @@ def test_token_agreement() -> None:
 
 
 def test_peak_memory_sees_an_allocation() -> None:
-    meter = PeakMemory("cpu")
-    if meter.peak_mb() is None:
+    meter = MemoryMeter("cpu")
+    if not meter.available:
         pytest.skip(meter.method)
     meter.start()
     block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written, then freed
