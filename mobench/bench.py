@@ -678,6 +678,7 @@ def run_bench(
     models = _bench_models(preset, device)
     rows = _rows(preset, models)
     gen = GenerationConfig(max_new_tokens=preset.max_new_tokens)
+    load_before = _loadavg()  # other jobs on the machine: recorded with the timings
     t_start = time.perf_counter()
     log(
         f"bench {preset.name}: {rows.count} rows ({preset.prompts} prompts x {len(rows.alphas)} "
@@ -695,6 +696,7 @@ def run_bench(
     env["cpu_model"] = _cpu_model()
     env["cpu_native_bf16"] = cpu_has_native_bf16()
     env["dtype_auto_resolves_to"] = resolve_dtype("auto", device)
+    env["loadavg_before_after"] = [load_before, _loadavg()]  # /proc/loadavg, 1/5/15 min
     report = {
         "schema": 1,
         # top-level fields that `mobench report` reads (defaults of every entry of "results")
@@ -747,6 +749,12 @@ def run_bench(
         path.write_text(json.dumps(report, indent=2))
         report["path"] = str(path)
     return report
+
+
+def _loadavg() -> str | None:
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return None
 
 
 def _cpu_model() -> str | None:
