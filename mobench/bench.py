@@ -846,7 +846,7 @@ def _bench_dtype(
     def load(cfg: _Config) -> None:
         """Load the configuration's models (fresh copies; the fused floor reuses the base's)
         and count their weights."""
-        if cfg.row_factor > 1:
+        if cfg.row_factor > 1 and configs[0].context is not None:  # interleaved: still loaded
             cfg.context = configs[0].context
         elif cfg.peer:  # separate copies, transformers' own attention (what a user would run)
             with stock_attention():
