@@ -218,13 +218,25 @@ class PreferenceContext(nn.Module):
 
 
 def _add_on_active_rows(out: Tensor, update: Tensor, active: Tensor | None) -> Tensor:
-    update = update.to(out.dtype)
+    # the sum in the update's (the adapter's, fp32) dtype, rounded once to the backbone's: as
+    # peft adds an fp32 LoRA update to a bf16 base output (PEER-CHECKS, difference 2)
+    added = (out.to(update.dtype) + update).to(out.dtype)
     if active is None:
-        return out + update
+        return added
     # where (not a multiply by 0) so inactive rows are bit-identical to W0 x, inf/nan-safe,
     # and with no data-dependent shapes (no host sync on GPU).
     mask = active.view(-1, *([1] * (out.ndim - 1)))
-    return torch.where(mask, out + update, out)
+    return torch.where(mask, added, out)
+
+
+def _accumulate_update(out_rows: Tensor, u: Tensor, b_t: Tensor) -> None:
+    """``out_rows += u @ b_t`` in place, computed in ``u``'s dtype (the adapter's, fp32) and
+    rounded once to ``out_rows``' dtype: on a bf16 backbone the update is never rounded to bf16
+    before it is added (peft's fp32 LoRA on a bf16 base does the same)."""
+    if out_rows.dtype == u.dtype:
+        out_rows.addmm_(u, b_t)
+    else:
+        out_rows.copy_(torch.addmm(out_rows.to(u.dtype), u, b_t))
 
 
 class _AdapterLinear(nn.Module):
@@ -295,7 +307,8 @@ class PBLoRALinear(_AdapterLinear):
         lora_alpha: scale numerator; official run 8, so s = 2.
         dropout: dropout on the adapter's input (official run: 0.05).
         dtype: dtype of the adapter parameters (fp32 by default, also for a bf16 base); the
-            forward computes in the input's dtype.
+            forward computes in this dtype too (the input is cast up) and adds the update to the
+            base output in it, rounding once to the base's dtype.
     """
 
     pblora_A: nn.Parameter
@@ -345,9 +358,10 @@ class PBLoRALinear(_AdapterLinear):
         if tail is not None:
             return self._inference_forward(x, out, tail)
         alphas, active = self.context.rows(x)
-        dt, batch = x.dtype, x.shape[0]
+        # the adapter's own dtype (fp32 by default, also on a bf16 backbone; x is cast up)
+        dt, batch = self.pblora_A.dtype, x.shape[0]
         # A first: everything after this is rank-sized, never an n x m delta-W.
-        u = F.linear(self.dropout(x), self.pblora_A.to(dt)).reshape(batch, -1, self.r1 + self.r2)
+        u = F.linear(self.dropout(x.to(dt)), self.pblora_A).reshape(batch, -1, self.r1 + self.r2)
         u1, u2 = u.split([self.r1, self.r2], dim=-1)
         # W(alpha) is block diagonal: W(alpha) u = [W1 u1 ; W2(alpha_b) u2], the second block a
         # batched (r2 x r2) matmul with one core per row.
@@ -364,13 +378,14 @@ class PBLoRALinear(_AdapterLinear):
         if n == 0:
             return out
         # each row's (s W)^T, contiguous for bmm, built once per alpha change
+        # computed in the adapter's dtype (fp32 by default) whatever the backbone's
+        dt, rank = self.pblora_A.dtype, self.r1 + self.r2
         (core_t,) = self._cached(
-            x.dtype, n, lambda: (self._scaled_cores(tail, n, x.dtype).transpose(1, 2).contiguous(),)
+            dt, n, lambda: (self._scaled_cores(tail, n, dt).transpose(1, 2).contiguous(),)
         )
-        dt, rank = x.dtype, self.r1 + self.r2
         x_rows, out_rows = self._tail_rows(x, out, tail)
-        u = torch.bmm(F.linear(x_rows, self.pblora_A.to(dt)).view(n, -1, rank), core_t)
-        out_rows.addmm_(u.view(-1, rank), self.pblora_B.to(dt).t())
+        u = torch.bmm(F.linear(x_rows.to(dt), self.pblora_A).view(n, -1, rank), core_t)
+        _accumulate_update(out_rows, u.view(-1, rank), self.pblora_B.t())
         return out
 
     def _scaled_cores(self, tail: int, n: int, dtype: torch.dtype) -> Tensor:
@@ -418,7 +433,8 @@ class MoSLoRALinear(_AdapterLinear):
         lora_alpha: scale numerator, s = lora_alpha / r.
         dropout: dropout on the adapter's input.
         modulation: ``"linear"`` (per-module G) or ``"shared"`` (one model-wide G).
-        dtype: dtype of the adapter parameters; the forward computes in the input's dtype.
+        dtype: dtype of the adapter parameters, in which the forward computes (the input is
+            cast up; the sum with the base output is rounded once to the base's dtype).
     """
 
     moslora_A: nn.Parameter
@@ -479,8 +495,9 @@ class MoSLoRALinear(_AdapterLinear):
         if tail is not None:
             return self._inference_forward(x, out, tail)
         alphas, active = self.context.rows(x)
-        dt, batch = x.dtype, x.shape[0]
-        u = F.linear(self.dropout(x), self.moslora_A.to(dt)).reshape(batch, -1, self.r)
+        # the adapter's own dtype (fp32 by default, also on a bf16 backbone; x is cast up)
+        dt, batch = self.moslora_A.dtype, x.shape[0]
+        u = F.linear(self.dropout(x.to(dt)), self.moslora_A).reshape(batch, -1, self.r)
         gamma, delta = (t.to(dt) for t in self.film(alphas))
         u = (1 + gamma[:, None]) * u + delta[:, None]  # per-row scale and shift of the features
         update = F.linear(u * self.scaling, self.moslora_B.to(dt))
@@ -492,11 +509,12 @@ class MoSLoRALinear(_AdapterLinear):
         n = x.shape[0] - tail
         if n == 0:
             return out
-        scale, shift = self._cached(x.dtype, n, lambda: self._scaled_film(tail, n, x.dtype))
+        dt = self.moslora_A.dtype  # fp32 by default, whatever the backbone's dtype
+        scale, shift = self._cached(dt, n, lambda: self._scaled_film(tail, n, dt))
         x_rows, out_rows = self._tail_rows(x, out, tail)
-        u = F.linear(x_rows, self.moslora_A.to(x.dtype)).view(n, -1, self.r)
+        u = F.linear(x_rows.to(dt), self.moslora_A).view(n, -1, self.r)
         u = torch.addcmul(shift[:, None], u, scale[:, None])  # s ((1 + gamma) u + delta)
-        out_rows.addmm_(u.view(-1, self.r), self.moslora_B.to(x.dtype).t())
+        _accumulate_update(out_rows, u.view(-1, self.r), self.moslora_B.t())
         return out
 
     def _scaled_film(self, tail: int, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

@@ -11,18 +11,25 @@ For one preset (a base model, an alpha grid, prompts, a token budget) and each d
 (c) **the reference loop** re-implemented faithfully: batch 1, one alpha at a time, every model a
     separate copy (the method's unfused guide, ``ModelContext.fuse=False``) with its own KV cache,
     driven by Hugging Face ``generate`` with a ``LogitsProcessor`` that adds the guide's
-    log-softmax combination to the base's log-softmax (METHODS §3.2, §10.16), stock attention.
+    log-softmax combination to the base's log-softmax (METHODS §3.2, §10.16), stock attention;
+(d) **the batched-generate peer**, what a user would write instead of mobench: the same
+    ``generate`` + ``LogitsProcessor`` with separate model copies and stock attention, but on
+    mobench's batches (the whole front of a prompt in one batch, left-padded), the guide's
+    models running with their own KV caches.
 
-and reports b/a and c/b time ratios, tokens/s, seconds per 512 tokens, per-configuration peak
-memory, repeats (min and median) and the greedy-token agreement of b and c. Guides are random
-weights of the trained shapes (``Method.random_guide``): decoding cost does not depend on
+and reports b/a, c/b and d/b time ratios, tokens/s, seconds per 512 tokens, each
+configuration's memory (loaded weights, and the decoding peak above them), the repeats (median,
+min and max) and the greedy-token agreement of b with c and d, and of bf16 with fp32. Guides are
+random weights of the trained shapes (``Method.random_guide``): decoding cost does not depend on
 training. Every row decodes exactly ``max_new_tokens`` tokens (no EOS stop), so all
-configurations do the same work.
+configurations do the same work. A time ratio's spread is the min and max of its per-repeat
+ratios (the configurations of a repeat run interleaved, batch by batch); a target is met only
+when the whole spread is on the right side of its limit.
 
-The reference loop is slow (that is the point), so it runs on the whole alpha grid of
-``reference_alphas`` evenly spaced grid points of ``reference_prompts`` prompts (median length),
-and its time for all rows is extrapolated per row: at batch 1 a row's cost does not depend on
-the other rows. The output says so.
+The reference loop is slow (that is the point), so it runs once, on one row per grid point,
+the grid points spread round-robin over ``reference_prompts`` prompts (median lengths); its time
+per row is compared with mobench's time per row: at batch 1 a row's cost does not depend on the
+other rows. The output says how many rows it covered.
 
 Nothing in mobench's core imports this module; the CLI imports it when ``mobench bench`` runs.
 """
@@ -50,6 +57,7 @@ from mobench.config import ConfigError, GenerationConfig, alpha_grid
 from mobench.data import PreferencePair
 from mobench.decoding import guided_generate, stock_attention
 from mobench.interfaces import FusedGuide, Guide
+from mobench.memory import MemoryMeter, weights_mb
 from mobench.models import ModelContext, resolve_dtype, torch_dtype
 
 #: objectives of the benchmark's preference vectors (the safety task's order); only their
@@ -94,9 +102,10 @@ class BenchPreset:
         prompt_lengths: (min, max) token length of random prompts (random-model presets).
         dtypes: each one is a separate pass.
         batch_size: rows per decoding batch in mobench (b and a alike).
-        repeats: timed repeats of a and b (the first right after loading, no warm-up).
-        reference_prompts / reference_alphas: the reference loop decodes these prompts (median
-            length) at this many evenly spaced grid points (first, ..., last).
+        repeats: timed repeats of a, b and d (the first right after loading, no warm-up).
+        reference_prompts: the reference loop decodes every grid point once, grid point j on
+            the (j mod n)-th of these n prompts (median lengths).
+        batched_peer: also time the batched-generate peer (d) of every method configuration.
         interleave: time the configurations round-robin, all loaded at once (fairer on a shared
             machine, whose load drifts), instead of one after another.
         fused_floor: also time plain base decoding of every batch with its rows doubled: what
@@ -118,9 +127,9 @@ class BenchPreset:
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     device: str = "cpu"
     batch_size: int = 11
-    repeats: int = 2
-    reference_prompts: int = 1
-    reference_alphas: int = 3
+    repeats: int = 3
+    reference_prompts: int = 3
+    batched_peer: bool = True
     interleave: bool = True
     fused_floor: bool = True
     seed: int = 0
@@ -132,13 +141,17 @@ BENCH_PRESETS: dict[str, BenchPreset] = {
         BenchPreset(
             name="tiny",
             description=(
-                "CPU: SmolLM2-135M-Instruct (real weights), 8 safety prompts x 11 alphas x 64 "
-                "tokens, fp32 and bf16; weak-to-strong guide: a random 8-layer, 384-wide Llama "
-                "with SmolLM2's vocabulary"
+                "CPU: SmolLM2-135M-Instruct (real weights), 4 safety prompts x 11 alphas x 32 "
+                "tokens, fp32 and bf16, 3 repeats; weak-to-strong guide: a random 8-layer, "
+                "384-wide Llama with SmolLM2's vocabulary"
             ),
             base_model="smollm2-135m-instruct",
             w2s_methods=("mod_w2s",),
-            repeats=1,  # the < 15 min budget on 2 shared cores (batch-interleaved: still fair)
+            # 4 prompts x 32 tokens (was 8 x 64 with one repeat): 3 repeats, the batched peer
+            # and an 11-row reference loop per configuration fit ~20 min on 2 shared cores
+            prompts=4,
+            max_new_tokens=32,
+            reference_prompts=4,
             w2s_guide={
                 "hidden_size": 384,
                 "intermediate_size": 1024,
@@ -180,8 +193,9 @@ BENCH_PRESETS: dict[str, BenchPreset] = {
             grid="corners",
             max_new_tokens=4,
             prompt_lengths=(5, 9),
-            batch_size=4,
-            repeats=2,
+            batch_size=4,  # two prompts' fronts per batch: the batched peer pads them
+            repeats=3,
+            reference_prompts=2,
         ),
     )
 }
@@ -191,70 +205,9 @@ BENCH_PRESETS: dict[str, BenchPreset] = {
 GUIDED_RATIO_TARGETS = {"parm": 1.5, "uniarm": 1.5, "genarm": 1.9}
 SPEEDUP_TARGET, SPEEDUP_AIM = 6.0, 10.0
 AGREEMENT_TARGET = 0.99  # fp32
+#: the batched-generate peer (d) over mobench (b), same-backbone guides
+PEER_TARGET = 1.5
 MEMORY_RATIO_TARGET = 1.2  # same-backbone methods vs the base alone
-
-
-# ---------------------------------------------------------------------------------- memory
-
-
-class PeakMemory:
-    """Peak memory of one configuration: what it adds on top of what was resident before it.
-
-    * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the
-      allocation at the start.
-    * CPU (Linux): the resident set's high-water mark (VmHWM, reset by writing 5 to
-      /proc/self/clear_refs) minus the resident set at the start. Free heap memory is given
-      back to the OS (``malloc_trim``) before each configuration starts, so it starts clean;
-      within it, freed tensors stay resident for reuse (:mod:`mobench.allocator`, as in
-      ``mobench run``), which the high-water mark counts.
-    * Elsewhere: not measured (None).
-    """
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.start_mb = 0.0
-        if device.startswith("cuda"):
-            self.method = "cuda max_memory_allocated delta"
-        elif _reset_rss_peak():
-            self.method = "RSS high-water mark delta (Linux VmHWM, reset per configuration)"
-        else:
-            self.method = "not measured (needs Linux /proc/self/clear_refs or CUDA)"
-
-    def start(self) -> None:
-        gc.collect()
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            self.start_mb = torch.cuda.memory_allocated() / 2**20
-        elif self.method.startswith("RSS"):
-            allocator.trim()
-            self.start_mb = _proc_status_mb("VmRSS")
-            _reset_rss_peak()
-
-    def peak_mb(self) -> float | None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() / 2**20 - self.start_mb
-        if self.method.startswith("RSS"):
-            return _proc_status_mb("VmHWM") - self.start_mb
-        return None
-
-
-def _proc_status_mb(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024  # kB
-    raise KeyError(key)
-
-
-def _reset_rss_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        _proc_status_mb("VmHWM")
-    except (OSError, KeyError):
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------- models
@@ -434,13 +387,12 @@ def _rows(preset: BenchPreset, models: BenchModels) -> Rows:
     batches = [
         [(p.id, a) for p, a in batch] for batch in plan_batches(rows, lengths, preset.batch_size)
     ]
-    # the reference loop decodes the prompts of median length, at evenly spaced grid points
+    # the reference loop decodes every grid point once, round-robin over the prompts of median
+    # length: the whole alpha range and several prompts, in as many rows as there are alphas
     by_length = sorted(ids, key=lambda pid: (lengths[pid], pid))
-    mid = len(by_length) // 2
-    chosen = by_length[max(0, mid - preset.reference_prompts // 2) :][: preset.reference_prompts]
-    n_alphas = min(preset.reference_alphas, len(alphas))
-    picked = np.unique(np.linspace(0, len(alphas) - 1, n_alphas).round().astype(int)).tolist()
-    reference = [(pid, a) for pid in chosen for a in picked]
+    n = min(max(1, preset.reference_prompts), len(by_length))
+    chosen = by_length[max(0, (len(by_length) - n) // 2) :][:n]
+    reference = [(chosen[a % n], a) for a in range(len(alphas))]
     return Rows(batches, ids, alphas, reference)
 
 
@@ -488,20 +440,26 @@ def _decode(
 
 
 class GuideLogitsProcessor:
-    """The reference code's logit arithmetic as a ``transformers`` LogitsProcessor, one row:
-    ``log_softmax(base)[:V] + guide / beta`` (ids past the shared vocabulary get -inf), with the
-    guide run on its own models and KV caches (prefill at the first call, then one token)."""
+    """The reference code's logit arithmetic as a ``transformers`` LogitsProcessor, for a batch
+    of rows: ``log_softmax(base)[:V] + guide / beta`` (ids past the shared vocabulary get -inf),
+    with the guide run on its own models and KV caches (prefill of the rows' prompts at the
+    first call, then one token per row)."""
 
     def __init__(
-        self, guide: Guide, guide_prompt: list[int], alpha: torch.Tensor, vocab: int, beta: float
+        self,
+        guide: Guide,
+        guide_prompts: list[list[int]],
+        alphas: torch.Tensor,
+        vocab: int,
+        beta: float,
     ) -> None:
-        self.guide, self.guide_prompt, self.alpha = guide, guide_prompt, alpha[None]
+        self.guide, self.guide_prompts, self.alphas = guide, guide_prompts, alphas
         self.vocab, self.beta = vocab, beta
         self.started = False
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if not self.started:
-            guidance = self.guide.prefill([self.guide_prompt], self.alpha)
+            guidance = self.guide.prefill(self.guide_prompts, self.alphas)
             self.started = True
         else:
             guidance = self.guide.step(input_ids[:, -1])
@@ -512,6 +470,67 @@ class GuideLogitsProcessor:
 
 
 @torch.inference_mode()
+def hf_generate_decode(
+    models: ModelContext,
+    guide: Guide,
+    batches: Sequence[Sequence[tuple[list[int], np.ndarray]]],
+    max_new_tokens: int,
+    beta: float = 1.0,
+) -> tuple[float, list[list[int]]]:
+    """HF ``generate`` (greedy, no EOS stop) on the base with :class:`GuideLogitsProcessor`,
+    one call per batch of (prompt ids, alpha) rows, prompts left-padded: with batches of one row
+    this is the reference loop, with mobench's batches the batched-generate peer. Returns
+    (seconds, tokens per row in batch order)."""
+    from transformers import GenerationConfig as HFGenerationConfig
+    from transformers import LogitsProcessorList
+
+    base = models.base
+    device = base.get_output_embeddings().weight.device
+    pad = models.base_tokenizer.pad_token_id
+    hf_config = HFGenerationConfig(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=None,
+        pad_token_id=pad,
+    )
+    # generate() fills a None eos_token_id from the model's own generation config and would stop
+    # there: clear it for the loop, so both sides decode the same token budget
+    model_eos = base.generation_config.eos_token_id
+    base.generation_config.eos_token_id = None
+    outputs: list[list[int]] = []
+    _sync(device)
+    t0 = time.perf_counter()
+    try:
+        for batch in batches:
+            prompts = [list(p) for p, _ in batch]
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+            mask = torch.tensor(
+                [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device
+            )
+            alphas = torch.stack([torch.as_tensor(a) for _, a in batch])
+            processor = GuideLogitsProcessor(guide, prompts, alphas, models.vocab_size, beta)
+            out = base.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=hf_config,
+                logits_processor=LogitsProcessorList([processor]),
+            )
+            outputs.extend(out[:, width:].tolist())
+    finally:
+        base.generation_config.eos_token_id = model_eos
+    _sync(device)
+    wall = time.perf_counter() - t0
+    if any(len(row) != max_new_tokens for row in outputs):
+        raise RuntimeError(
+            f"generate stopped early ({[len(r) for r in outputs]} tokens, not "
+            f"{max_new_tokens}): its timing and token agreement would not be comparable"
+        )
+    return wall, outputs
+
+
 def reference_decode(
     models: ModelContext,
     guide: Guide,
@@ -519,51 +538,9 @@ def reference_decode(
     max_new_tokens: int,
     beta: float = 1.0,
 ) -> tuple[float, list[list[int]]]:
-    """The reference loop: each (prompt ids, alpha) row alone, HF ``generate`` (greedy, no EOS
-    stop) on the base with :class:`GuideLogitsProcessor`. Returns (seconds, tokens per row)."""
-    from transformers import GenerationConfig as HFGenerationConfig
-    from transformers import LogitsProcessorList
-
-    base = models.base
-    device = base.get_output_embeddings().weight.device
-    hf_config = HFGenerationConfig(
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=0,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=None,
-        pad_token_id=models.base_tokenizer.pad_token_id,
-    )
-    # generate() fills a None eos_token_id from the model's own generation config and would stop
-    # there: clear it for the loop, so both sides decode the same token budget
-    model_eos = base.generation_config.eos_token_id
-    base.generation_config.eos_token_id = None
-    outputs = []
-    _sync(device)
-    t0 = time.perf_counter()
-    try:
-        for prompt, alpha in rows:
-            ids = torch.tensor([prompt], device=device)
-            processor = GuideLogitsProcessor(
-                guide, prompt, torch.as_tensor(alpha), models.vocab_size, beta
-            )
-            out = base.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                generation_config=hf_config,
-                logits_processor=LogitsProcessorList([processor]),
-            )
-            outputs.append(out[0, ids.shape[1] :].tolist())
-    finally:
-        base.generation_config.eos_token_id = model_eos
-    _sync(device)
-    wall = time.perf_counter() - t0
-    if any(len(row) != max_new_tokens for row in outputs):
-        raise RuntimeError(
-            f"the reference loop stopped early ({[len(r) for r in outputs]} tokens, not "
-            f"{max_new_tokens}): its timing and token agreement would not be comparable"
-        )
-    return wall, outputs
+    """The reference loop: each (prompt ids, alpha) row alone (:func:`hf_generate_decode` with
+    batches of one row). Returns (seconds, tokens per row)."""
+    return hf_generate_decode(models, guide, [[row] for row in rows], max_new_tokens, beta)
 
 
 def device_is_cuda(device: torch.device | str) -> bool:
@@ -600,18 +577,21 @@ def token_agreement(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> d
 
 @dataclass
 class _Config:
-    """One measured configuration: a name, a method (None = plain base), same backbone or not."""
+    """One measured configuration: a name, a method (None = plain base), same backbone or not,
+    and whether it is the method's batched-generate peer (d) rather than mobench (b)."""
 
     name: str
     method: str | None
     w2s: bool = False
     #: plain base decoding of each batch's rows repeated this many times (the fused floor)
     row_factor: int = 1
+    peer: bool = False
     context: ModelContext | None = None
     guide: Guide | FusedGuide | None = None
     times: list[float] = field(default_factory=list)
     run: DecodeRun | None = None
-    peak_memory_mb: float | None = None
+    weights_mb: float | None = None
+    decode_peak_mb: float | None = None
 
 
 def _method(name: str) -> Any:
@@ -621,12 +601,22 @@ def _method(name: str) -> Any:
     return cls(cls.config_cls())
 
 
+def _spread(values: Sequence[float], digits: int = 4) -> dict[str, float]:
+    """Median, min and max of per-repeat values."""
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
 def _summary(times: list[float], row_tokens: int) -> dict[str, Any]:
     median = statistics.median(times)
     return {
         "times_s": [round(t, 4) for t in times],
-        "min_s": round(min(times), 4),
         "median_s": round(median, 4),
+        "min_s": round(min(times), 4),
+        "max_s": round(max(times), 4),
         "row_tokens": row_tokens,
         "tokens_per_s": round(row_tokens / median, 2),
         "s_per_512_tokens": round(512 * median / row_tokens, 4),
@@ -634,16 +624,36 @@ def _summary(times: list[float], row_tokens: int) -> dict[str, Any]:
 
 
 def _check(
-    name: str, value: float | None, op: str, limit: float, aim: float | None = None
+    name: str,
+    value: dict[str, float] | float | None,
+    op: str,
+    limit: float,
+    aim: float | None = None,
 ) -> dict[str, Any]:
-    """A target check; ``miss`` says by how much a missed target is missed (relative)."""
+    """A target check. ``value`` is a measured number or a spread (median, min, max over the
+    repeats): a spread meets the target only when all of it is on the right side of the limit;
+    ``miss`` says by how much the median misses, or that the limit lies within the spread."""
     if value is None:
         return {"target": name, "value": None, "limit": f"{op} {limit:g}", "met": None}
-    met = value <= limit if op == "<=" else value >= limit
-    out: dict[str, Any] = {"target": name, "value": round(value, 4), "limit": f"{op} {limit:g}"}
-    out["met"] = met
-    if not met:
-        out["miss"] = f"{abs(value / limit - 1):.1%} {'over' if op == '<=' else 'under'} the limit"
+    spread = value if isinstance(value, dict) else None
+    median = spread["median"] if spread else float(value)  # type: ignore[arg-type]
+    low, high = (spread["min"], spread["max"]) if spread else (median, median)
+    worst, best = (high, low) if op == "<=" else (low, high)
+    ok = (lambda v: v <= limit) if op == "<=" else (lambda v: v >= limit)
+    out: dict[str, Any] = {"target": name, "value": round(median, 4), "limit": f"{op} {limit:g}"}
+    if spread:
+        out["spread"] = [spread["min"], spread["max"]]
+    out["met"] = ok(worst)
+    if not ok(worst):
+        if ok(best):
+            out["miss"] = (
+                f"the limit lies within the spread {low:g}-{high:g} of the repeats: not met "
+                "beyond the noise"
+            )
+        else:
+            out["miss"] = (
+                f"{abs(median / limit - 1):.1%} {'over' if op == '<=' else 'under'} the limit"
+            )
     if aim is not None:
         out["aim"] = f"{op} {aim:g}"
     return out
@@ -663,11 +673,12 @@ def run_bench(
     device = resolve_device(preset.device)
     if device == "cpu":
         allocator.reuse_freed_memory()  # as mobench run does (timings of the same loop)
-    meter = PeakMemory(device)
+    meter = MemoryMeter(device)
     task = get_task(OBJECTIVES_TASK)()
     models = _bench_models(preset, device)
     rows = _rows(preset, models)
     gen = GenerationConfig(max_new_tokens=preset.max_new_tokens)
+    load_before = _loadavg()  # other jobs on the machine: recorded with the timings
     t_start = time.perf_counter()
     log(
         f"bench {preset.name}: {rows.count} rows ({preset.prompts} prompts x {len(rows.alphas)} "
@@ -680,10 +691,12 @@ def run_bench(
             dtype: _bench_dtype(preset, dtype, models, task, rows, gen, artifacts, meter, log)
             for dtype in preset.dtypes
         }
+    _bf16_agreement(per_dtype)
     env = environment_info(device, ",".join(preset.dtypes))
     env["cpu_model"] = _cpu_model()
     env["cpu_native_bf16"] = cpu_has_native_bf16()
     env["dtype_auto_resolves_to"] = resolve_dtype("auto", device)
+    env["loadavg_before_after"] = [load_before, _loadavg()]  # /proc/loadavg, 1/5/15 min
     report = {
         "schema": 1,
         # top-level fields that `mobench report` reads (defaults of every entry of "results")
@@ -703,17 +716,24 @@ def run_bench(
             "interleaved": preset.interleave,
             "timing": "each repeat decodes every batch once; with interleaving the configurations "
             "take turns batch by batch, so a drifting machine load hits them alike; the first "
-            "batch runs right after its configuration loads (no warm-up), and the peak memory is "
-            "measured over that load and batch",
+            "repeat starts right after loading (no warm-up). A ratio's spread is the min and max "
+            "of its per-repeat ratios; a target is met only when the whole spread meets it",
             "reference_rows": len(rows.reference),
-            "reference_extrapolation": (
-                f"the reference loop decodes {len(rows.reference)} of the {rows.count} rows "
-                "(evenly spaced alphas of the median-length prompt(s)); its time for all rows is "
-                f"its time x {rows.count}/{len(rows.reference)} (batch 1: rows are independent)"
+            "reference_prompts": len({pid for pid, _ in rows.reference}),
+            "reference_coverage": (
+                f"the reference loop decodes {len(rows.reference)} of the {rows.count} rows, once: "
+                f"every one of the {len(rows.alphas)} grid points, round-robin over "
+                f"{len({pid for pid, _ in rows.reference})} prompts of median length; its time per "
+                "row is compared with mobench's (at batch 1 a row's cost does not depend on the "
+                "other rows)"
             ),
             "memory_method": meter.method,
+            "memory": "weights_mb: parameter and buffer bytes of the configuration's loaded models "
+            "(each tensor once); decode_peak_mb: the peak above the memory in use after loading, "
+            "over every batch of the last repeat (reset before each batch, free heap returned to "
+            "the OS first); peak_memory_mb = weights_mb + decode_peak_mb",
             "machine_note": "CPU timings on a machine shared with other jobs are noisy: compare "
-            "ratios measured in one run, medians of the repeats",
+            "ratios measured in one run, with their spread over the repeats",
         },
         "base": {dtype: r["base"] for dtype, r in per_dtype.items()},
         # one entry per (method configuration, dtype); weak-to-strong entries carry the preset
@@ -729,6 +749,12 @@ def run_bench(
         path.write_text(json.dumps(report, indent=2))
         report["path"] = str(path)
     return report
+
+
+def _loadavg() -> str | None:
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return None
 
 
 def _cpu_model() -> str | None:
@@ -769,7 +795,7 @@ def _bench_dtype(
     rows: Rows,
     gen: GenerationConfig,
     artifacts: dict[tuple[str, bool], Path],
-    meter: PeakMemory,
+    meter: MemoryMeter,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     configs = [_Config("base", None)]
@@ -777,49 +803,71 @@ def _bench_dtype(
         # a fused guide adds its rows to the base's forward: plain decoding of twice the rows
         # is what a 2-lane method (PARM, UniARM) would cost with adapters that cost nothing
         configs.append(_Config("base-x2-rows", None, row_factor=2))
-    configs += [_Config(m, m) for m in preset.methods if (m, False) in artifacts]
-    configs += [_Config(f"{m}-w2s", m, True) for m in preset.w2s_methods if (m, True) in artifacts]
+    guided = [_Config(m, m) for m in preset.methods if (m, False) in artifacts]
+    guided += [_Config(f"{m}-w2s", m, True) for m in preset.w2s_methods if (m, True) in artifacts]
+    configs += guided
+    if preset.batched_peer:
+        configs += [_Config(f"{c.name} peer", c.method, c.w2s, peer=True) for c in guided]
 
     for cfg in configs:
         cfg.times = [0.0] * preset.repeats
         cfg.run = DecodeRun(0.0, 0, {})
 
     def timed(cfg: _Config, repeat: int, batch: int) -> None:
-        """Decode one batch; its time adds to the repeat's, its tokens replace earlier ones."""
+        """Decode one batch; its time adds to the repeat's, its tokens replace earlier ones. In
+        the last repeat, the batch's memory peak above what is in use before it is kept (the
+        first batches of a process allocate one-time state that is no configuration's own)."""
         assert cfg.context is not None and cfg.run is not None
-        run = _decode(cfg.context, cfg.guide, rows, gen, [rows.batches[batch] * cfg.row_factor])
-        cfg.times[repeat] += run.wall_s
-        cfg.run.tokens.update(run.tokens)
+        metered = repeat == preset.repeats - 1
+        if metered:
+            meter.start()
+        if cfg.peer:
+            assert isinstance(cfg.guide, Guide)
+            batch_rows = [(rows.prompt_ids[p], rows.alphas[a]) for p, a in rows.batches[batch]]
+            wall, tokens = hf_generate_decode(
+                cfg.context, cfg.guide, [batch_rows], gen.max_new_tokens, gen.beta
+            )
+            run = DecodeRun(wall, len(batch_rows) * gen.max_new_tokens, {})
+            run.tokens = dict(zip(rows.batches[batch], tokens, strict=True))
+        else:
+            batches = [rows.batches[batch] * cfg.row_factor]
+            run = _decode(cfg.context, cfg.guide, rows, gen, batches)
+        if metered:
+            peak = meter.peak_mb()
+            if peak is not None:
+                cfg.decode_peak_mb = max(cfg.decode_peak_mb or 0.0, peak)
         if repeat == 0:
             cfg.run.row_tokens += run.row_tokens
+        cfg.times[repeat] += run.wall_s
+        cfg.run.tokens.update(run.tokens)
         cfg.run.forwards_per_token = run.forwards_per_token
         cfg.run.fused_lanes, cfg.run.guide_lanes = run.fused_lanes, run.guide_lanes
 
     def load(cfg: _Config) -> None:
-        """Load the configuration's models and decode its first batch (timed, part of the first
-        repeat): its peak memory is measured over both, with nothing else running."""
-        meter.start()
-        cfg.context = models.context(dtype, w2s=cfg.w2s, fuse=True)
+        """Load the configuration's models (fresh copies; the fused floor reuses the base's)
+        and count their weights."""
+        if cfg.row_factor > 1 and configs[0].context is not None:  # interleaved: still loaded
+            cfg.context = configs[0].context
+        elif cfg.peer:  # separate copies, transformers' own attention (what a user would run)
+            with stock_attention():
+                cfg.context = models.context(dtype, w2s=cfg.w2s, fuse=False)
+        else:
+            cfg.context = models.context(dtype, w2s=cfg.w2s, fuse=True)
         if cfg.method is not None:
             artifact = artifacts[(cfg.method, cfg.w2s)]
-            cfg.guide = _method(cfg.method).guide(artifact, task, cfg.context)
-        timed(cfg, 0, 0)
-        cfg.peak_memory_mb = meter.peak_mb()
+            with stock_attention() if cfg.peer else contextlib.nullcontext():
+                cfg.guide = _method(cfg.method).guide(artifact, task, cfg.context)
+        cfg.weights_mb = weights_mb(cfg.context, cfg.guide)
 
     def unload(cfg: _Config) -> None:
         cfg.context = cfg.guide = None
         gc.collect()
 
-    later = [
-        (repeat, batch)
-        for repeat in range(preset.repeats)
-        for batch in range(len(rows.batches))
-        if (repeat, batch) != (0, 0)
-    ]
+    work = [(r, b) for r in range(preset.repeats) for b in range(len(rows.batches))]
     if preset.interleave:  # batch by batch, round-robin: a drifting load hits every config alike
         for cfg in configs:
             load(cfg)
-        for repeat, batch in later:
+        for repeat, batch in work:
             for cfg in configs:
                 timed(cfg, repeat, batch)
         for cfg in configs:
@@ -827,7 +875,7 @@ def _bench_dtype(
     else:
         for cfg in configs:
             load(cfg)
-            for repeat, batch in later:
+            for repeat, batch in work:
                 timed(cfg, repeat, batch)
             unload(cfg)
     for cfg in configs:
@@ -835,10 +883,10 @@ def _bench_dtype(
 
     base = configs[0]
     assert base.run is not None
-    base_median = statistics.median(base.times)
+    peers = {c.name.removesuffix(" peer"): c for c in configs if c.peer}
     floor = next((c for c in configs if c.row_factor > 1), None)
     results = []
-    for cfg in (c for c in configs if c.method is not None):
+    for cfg in guided:
         assert cfg.method is not None and cfg.run is not None
         entry: dict[str, Any] = {
             "method": cfg.method,
@@ -846,27 +894,82 @@ def _bench_dtype(
             "preset": f"{preset.name}:w2s" if cfg.w2s else preset.name,
             "dtype": dtype,
             "weak_to_strong": cfg.w2s,
-            "guided_unguided_ratio": round(statistics.median(cfg.times) / base_median, 4),
+            "guided_unguided_ratio": round(
+                statistics.median(cfg.times) / statistics.median(base.times), 4
+            ),
+            # per-repeat ratios (configurations interleaved within a repeat)
+            "guided_unguided": _spread([t / b for t, b in zip(cfg.times, base.times, strict=True)]),
             **_summary(cfg.times, cfg.run.row_tokens),
             "fused_lanes": cfg.run.fused_lanes,
             "guide_lanes": cfg.run.guide_lanes,
             "forwards_per_token": cfg.run.forwards_per_token,
-            "peak_memory_mb": _round(cfg.peak_memory_mb),
-            "memory_over_base": _ratio(cfg.peak_memory_mb, base.peak_memory_mb),
+            **_memory(cfg, base),
         }
+        peer = peers.get(cfg.name)
+        if peer is not None:
+            assert peer.run is not None
+            ours = [cfg.run.tokens[r] for r in sorted(cfg.run.tokens)]
+            theirs = [peer.run.tokens[r] for r in sorted(cfg.run.tokens)]
+            entry["batched_peer"] = {
+                **_summary(peer.times, peer.run.row_tokens),
+                "peer_over_mobench": _spread(
+                    [p / t for p, t in zip(peer.times, cfg.times, strict=True)]
+                ),
+                **_memory(peer, base),
+                **{k: round(v, 4) for k, v in token_agreement(ours, theirs).items()},
+            }
         entry["reference"] = _bench_reference(
             cfg, dtype, models, task, rows, gen, artifacts, meter, log
         )
+        entry["_tokens"] = cfg.run.tokens
         results.append(entry)
-    base_entry = {
-        **_summary(base.times, base.run.row_tokens),
-        "peak_memory_mb": _round(base.peak_memory_mb),
-    }
+    base_entry = {**_summary(base.times, base.run.row_tokens), **_memory(base, base)}
+    base_entry["_tokens"] = base.run.tokens
     if floor is not None:
         base_entry["x2_rows_median_s"] = round(statistics.median(floor.times), 4)
-        base_entry["x2_rows_over_base"] = round(statistics.median(floor.times) / base_median, 4)
+        base_entry["x2_rows_over_base"] = round(
+            statistics.median(floor.times) / statistics.median(base.times), 4
+        )
+        base_entry["x2_rows_over_base_spread"] = _spread(
+            [f / b for f, b in zip(floor.times, base.times, strict=True)]
+        )
     targets = _targets(results, dtype, base_entry.get("x2_rows_over_base"))
     return {"base": base_entry, "results": results, "targets": targets}
+
+
+def _memory(cfg: _Config, base: _Config) -> dict[str, Any]:
+    """A configuration's memory: loaded weights, decoding peak above them, their sum, and the
+    sum over the base's (None where the meter could not measure)."""
+    total = None if cfg.decode_peak_mb is None else (cfg.weights_mb or 0.0) + cfg.decode_peak_mb
+    base_total = (
+        None if base.decode_peak_mb is None else (base.weights_mb or 0.0) + base.decode_peak_mb
+    )
+    return {
+        "weights_mb": _round(cfg.weights_mb),
+        "decode_peak_mb": _round(cfg.decode_peak_mb),
+        "peak_memory_mb": _round(total),
+        "memory_over_base": _ratio(total, base_total),
+    }
+
+
+def _bf16_agreement(per_dtype: dict[str, dict[str, Any]]) -> None:
+    """Greedy-token agreement of each bf16 configuration with the same configuration in fp32
+    (all rows), written into the bf16 entries; drops the token lists the entries carried."""
+    fp32, bf16 = per_dtype.get("float32"), per_dtype.get("bfloat16")
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    if fp32 is not None and bf16 is not None:
+        pairs.append((bf16["base"], fp32["base"]))
+        by_config = {e["config"]: e for e in fp32["results"]}
+        pairs += [(e, by_config[e["config"]]) for e in bf16["results"] if e["config"] in by_config]
+    for low, full in pairs:
+        keys = sorted(full["_tokens"])
+        agreement = token_agreement(
+            [low["_tokens"][k] for k in keys], [full["_tokens"][k] for k in keys]
+        )
+        low["bf16_vs_fp32"] = {k: round(v, 4) for k, v in agreement.items()}
+    for r in per_dtype.values():
+        for entry in (r["base"], *r["results"]):
+            entry.pop("_tokens", None)
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
@@ -885,38 +988,42 @@ def _bench_reference(
     rows: Rows,
     gen: GenerationConfig,
     artifacts: dict[tuple[str, bool], Path],
-    meter: PeakMemory,
+    meter: MemoryMeter,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """The reference loop for one method configuration (separate model copies, batch 1)."""
     assert cfg.method is not None and cfg.run is not None
-    meter.start()
     with stock_attention():
         context = models.context(dtype, w2s=cfg.w2s, fuse=False)
         guide = _method(cfg.method).guide(artifacts[(cfg.method, cfg.w2s)], task, context)
     assert isinstance(guide, Guide)
+    loaded = weights_mb(context, guide)
     ref_rows = [(rows.prompt_ids[pid], rows.alphas[a]) for pid, a in rows.reference]
+    meter.start()
     wall, tokens = reference_decode(context, guide, ref_rows, gen.max_new_tokens, gen.beta)
     peak = meter.peak_mb()
     del context, guide
     gc.collect()
     per_row = wall / len(ref_rows)
-    mobench_per_row = statistics.median(cfg.times) / rows.count
+    mobench_per_row = [t / rows.count for t in cfg.times]
     ours = [cfg.run.tokens[r] for r in rows.reference]
     agreement = token_agreement(ours, tokens)
+    over = _spread([per_row / m for m in mobench_per_row], 3)
     log(
         f"  [{dtype}] {cfg.name} reference loop: {wall:.1f} s for {len(ref_rows)} rows, "
-        f"{per_row / mobench_per_row:.1f}x mobench, agreement {agreement['token_agreement']:.3f}"
+        f"{over['median']:.1f}x mobench, agreement {agreement['token_agreement']:.3f}"
     )
     return {
         "rows": len(ref_rows),
+        "prompts": len({pid for pid, _ in rows.reference}),
         "wall_s": round(wall, 3),
         "s_per_row": round(per_row, 4),
-        "estimated_all_rows_s": round(per_row * rows.count, 2),
         "s_per_512_tokens": round(512 * per_row / gen.max_new_tokens, 4),
         "tokens_per_s": round(gen.max_new_tokens / per_row, 2),
-        "reference_over_mobench": round(per_row / mobench_per_row, 3),
-        "peak_memory_mb": _round(peak),
+        "reference_over_mobench": over["median"],
+        "reference_over_mobench_spread": over,
+        "weights_mb": _round(loaded),
+        "decode_peak_mb": _round(peak),
         **{k: round(v, 4) for k, v in agreement.items()},
     }
 
@@ -924,16 +1031,17 @@ def _bench_reference(
 def _targets(
     results: list[dict[str, Any]], dtype: str, x2_rows_over_base: float | None = None
 ) -> list[dict[str, Any]]:
-    """The issue's targets for one dtype, each with its value and, when missed, by how much.
-    ``x2_rows_over_base`` (plain decoding of twice the rows / the base) goes with the
-    guided/unguided checks as what no fused 2-lane guide can beat."""
+    """The issue's targets for one dtype, each with its value, its spread over the repeats and,
+    when missed, by how much. ``x2_rows_over_base`` (plain decoding of twice the rows / the
+    base) goes with the guided/unguided checks as what no fused 2-lane guide can beat."""
     checks = []
     for entry in results:
         name, ref = entry["config"], entry["reference"]
-        if entry["method"] in GUIDED_RATIO_TARGETS and not entry["weak_to_strong"]:
+        same_backbone = not entry["weak_to_strong"]
+        if entry["method"] in GUIDED_RATIO_TARGETS and same_backbone:
             limit = GUIDED_RATIO_TARGETS[entry["method"]]
             check = _check(
-                f"{name} guided/unguided ({dtype})", entry["guided_unguided_ratio"], "<=", limit
+                f"{name} guided/unguided ({dtype})", entry["guided_unguided"], "<=", limit
             )
             if x2_rows_over_base is not None:
                 check["floor"] = (
@@ -944,12 +1052,22 @@ def _targets(
         checks.append(
             _check(
                 f"{name} reference loop / mobench ({dtype})",
-                ref["reference_over_mobench"],
+                ref["reference_over_mobench_spread"],
                 ">=",
                 SPEEDUP_TARGET,
                 aim=SPEEDUP_AIM,
             )
         )
+        peer = entry.get("batched_peer")
+        if peer is not None and same_backbone:
+            checks.append(
+                _check(
+                    f"{name} batched generate / mobench ({dtype})",
+                    peer["peer_over_mobench"],
+                    ">=",
+                    PEER_TARGET,
+                )
+            )
         if dtype == "float32":
             checks.append(
                 _check(
@@ -959,10 +1077,10 @@ def _targets(
                     AGREEMENT_TARGET,
                 )
             )
-        if not entry["weak_to_strong"]:
+        if same_backbone:
             checks.append(
                 _check(
-                    f"{name} peak memory / base ({dtype})",
+                    f"{name} memory (weights + decoding peak) / base ({dtype})",
                     entry["memory_over_base"],
                     "<=",
                     MEMORY_RATIO_TARGET,

@@ -575,13 +575,15 @@ def _print_bench(result: dict[str, Any]) -> None:
     for column in (
         "config",
         "dtype",
-        "median s",
+        "median s [min-max]",
         "tok/s",
-        "s/512 tok",
-        "b/a",
+        "b/a [min-max]",
         "c/b",
-        "agree",
-        "mem MB",
+        "d/b [min-max]",
+        "agree c",
+        "bf16~fp32",
+        "weights MB",
+        "decode MB",
         "mem/base",
     ):
         table.add_column(column, justify="left" if column in ("config", "dtype") else "right")
@@ -589,17 +591,25 @@ def _print_bench(result: dict[str, Any]) -> None:
     def fmt(value: Any, spec: str = ".2f") -> str:
         return "-" if value is None else format(value, spec)
 
+    def spread(s: dict[str, float] | None) -> str:
+        return "" if s is None else f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}]"
+
+    def times(e: dict[str, Any]) -> str:
+        return f"{e['median_s']:.2f} [{e['min_s']:.2f}-{e['max_s']:.2f}]"
+
     for dtype, base in result["base"].items():
         table.add_row(
             "base",
             dtype,
-            fmt(base["median_s"]),
+            times(base),
             fmt(base["tokens_per_s"], ".0f"),
-            fmt(base["s_per_512_tokens"], ".3f"),
             "1.00",
             "",
             "",
-            fmt(base["peak_memory_mb"], ".0f"),
+            "",
+            fmt(base.get("bf16_vs_fp32", {}).get("token_agreement"), ".3f"),
+            fmt(base["weights_mb"], ".0f"),
+            fmt(base["decode_peak_mb"], ".0f"),
             "1.00",
         )
         if "x2_rows_over_base" in base:  # the fused floor: no memory or tokens/s of its own
@@ -607,22 +617,24 @@ def _print_bench(result: dict[str, Any]) -> None:
                 "base, 2x rows",
                 dtype,
                 fmt(base["x2_rows_median_s"]),
-                *[""] * 2,
-                fmt(base["x2_rows_over_base"]),
-                *[""] * 4,
+                "",
+                spread(base.get("x2_rows_over_base_spread")),
+                *[""] * 7,
             )
         for e in (r for r in result["results"] if r["dtype"] == dtype):
-            ref = e["reference"]
+            ref, peer = e["reference"], e.get("batched_peer")
             table.add_row(
                 e["config"],
                 dtype,
-                fmt(e["median_s"]),
+                times(e),
                 fmt(e["tokens_per_s"], ".0f"),
-                fmt(e["s_per_512_tokens"], ".3f"),
-                fmt(e["guided_unguided_ratio"]),
+                spread(e["guided_unguided"]),
                 fmt(ref["reference_over_mobench"], ".1f"),
+                spread(peer["peer_over_mobench"] if peer else None),
                 fmt(ref["token_agreement"], ".3f"),
-                fmt(e["peak_memory_mb"], ".0f"),
+                fmt(e.get("bf16_vs_fp32", {}).get("token_agreement"), ".3f"),
+                fmt(e["weights_mb"], ".0f"),
+                fmt(e["decode_peak_mb"], ".0f"),
                 fmt(e["memory_over_base"]),
             )
     console.print(table)

@@ -137,8 +137,10 @@ class MultiLoRALinear(nn.Module):
 
     ``out = W0 x`` for plain rows and ``W0 x + s_j B_j A_j x`` for the rows of adapter j, the
     adapters' deltas computed together with two batched matmuls over the adapter lanes. Adapter
-    tensors are kept in the base layer's dtype (peft computes LoRA in fp32 on a bf16 base; here
-    bf16 keeps the fused forward as fast as the plain one) with the scale folded into B.
+    tensors are kept in fp32 with the scale folded into B, and on a bf16 backbone the adapter
+    rows' input is cast up and their sum ``W0 x + s B A x`` formed in fp32, rounded once to
+    bf16: the numerics of peft's fp32 LoRA on a bf16 base (rank-sized fp32 matmuls cost no more
+    than bf16 ones on CPU, and bf16 adapters moved guide log-probs measurably, PEER-CHECKS).
     Adapters of different ranks are zero-padded to the largest rank (exact: zeros add nothing).
     """
 
@@ -160,8 +162,8 @@ class MultiLoRALinear(nn.Module):
         n, m = base.out_features, base.in_features
         rank = max([a.shape[0] for a, _, _ in (x for x in adapters if x is not None)], default=1)
         w = base.weight
-        stack_a = torch.zeros(len(adapters), rank, m, dtype=w.dtype, device=w.device)
-        stack_b = torch.zeros(len(adapters), n, rank, dtype=w.dtype, device=w.device)
+        stack_a = torch.zeros(len(adapters), rank, m, dtype=torch.float32, device=w.device)
+        stack_b = torch.zeros(len(adapters), n, rank, dtype=torch.float32, device=w.device)
         for j, adapter in enumerate(adapters):
             if adapter is None:  # this adapter does not touch this module: a zero delta
                 continue
@@ -172,8 +174,8 @@ class MultiLoRALinear(nn.Module):
                     f"layer {m} -> {n}; the adapter was trained on another model"
                 )
             r = a.shape[0]
-            stack_a[j, :r] = a.to(device=w.device, dtype=torch.float32).to(w.dtype)
-            stack_b[j, :, :r] = (b.to(device=w.device, dtype=torch.float32) * scaling).to(w.dtype)
+            stack_a[j, :r] = a.to(device=w.device, dtype=torch.float32)
+            stack_b[j, :, :r] = b.to(device=w.device, dtype=torch.float32) * scaling
         # A^T and (sB)^T, laid out for bmm: (adapters, in, r) and (adapters, r, out)
         self.register_buffer("lora_A", stack_a.transpose(1, 2).contiguous(), persistent=False)
         self.register_buffer("lora_B", stack_b.transpose(1, 2).contiguous(), persistent=False)
@@ -206,10 +208,14 @@ class MultiLoRALinear(nn.Module):
         start = layout.n_plain * (rows // layout.n_lanes)
         a, b = self._stacks()
         # (lanes, rows_per_lane * T, in) @ (lanes, in, r) @ (lanes, r, out): rank-sized only
-        xs = x[start:].reshape(a.shape[0], -1, x.shape[-1])
-        # accumulated into out's adapter rows in place (out is the base layer's fresh, contiguous
-        # output): no delta tensor, no separate add
-        out[start:].view(a.shape[0], -1, out.shape[-1]).baddbmm_(torch.bmm(xs, a), b)
+        xs = x[start:].reshape(a.shape[0], -1, x.shape[-1]).to(a.dtype)
+        rows_out = out[start:].view(a.shape[0], -1, out.shape[-1])
+        if rows_out.dtype == a.dtype:
+            # accumulated into out's adapter rows in place (out is the base layer's fresh,
+            # contiguous output): no delta tensor, no separate add
+            rows_out.baddbmm_(torch.bmm(xs, a), b)
+        else:  # bf16 backbone: W0 x + s B A x in fp32, rounded once (as peft)
+            rows_out.copy_(torch.baddbmm(rows_out.to(a.dtype), torch.bmm(xs, a), b))
         return out
 
     def extra_repr(self) -> str:

@@ -326,6 +326,16 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _phase_meter(device: str) -> Any:
+    """A started :class:`mobench.memory.MemoryMeter`: the phase's own peak above its start
+    (not the process's lifetime peak, which the first model load sets)."""
+    from mobench.memory import MemoryMeter
+
+    meter = MemoryMeter(device)
+    meter.start()
+    return meter
+
+
 # ------------------------------------------------------------------------------- the run
 
 
@@ -518,6 +528,7 @@ def _train(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     t0 = time.perf_counter()
+    meter = _phase_meter(spec.device)
 
     def on_update(done: int, total: int) -> None:
         if done == 1:  # a new guide (e.g. GenARM's next ARM) starts its own bar
@@ -535,7 +546,9 @@ def _train(
         "wall_s": time.perf_counter() - t0,
         "train_pairs": len(splits.train),
         "trainable_parameters": method.trainable_parameters(tmp),
-        "peak_memory_mb": peak_memory_mb(spec.device),
+        # this phase's peak above its start (loading the backbone included), None if unmeasured
+        "peak_memory_mb": meter.peak_mb(),
+        "peak_memory_method": meter.method,
         "guide_key": key,
         "processes": shard.count if shard is not None and shard.launched else 1,
         "trainer_arguments": current_trainer_arguments(),
@@ -744,6 +757,10 @@ def _generate(
     }
     eos = eos_ids(models.base_tokenizer, models.base, models.vocab_size)
     alphas = np.asarray(spec.alphas, dtype=np.float32)
+    from mobench.memory import weights_mb
+
+    loaded_mb = weights_mb(models, guide)
+    meter = _phase_meter(spec.device)  # after loading: decoding's own peak
     progress.start("generate", len(rows))
     totals = dict((run.read(run.own("timing.json"), {}) or {}).get("generate", {}))
     acc = {
@@ -805,7 +822,11 @@ def _generate(
             batch_size=batch_size,
             dtype=spec.dtype,
             device=spec.device,
-            peak_memory_mb=peak_memory_mb(spec.device),
+            # decoding's peak above the loaded models (this process's batches so far), and the
+            # loaded weights apart; None where the meter cannot measure (memory_method says why)
+            peak_memory_mb=meter.peak_mb(),
+            weights_mb=loaded_mb,
+            memory_method=meter.method,
             model_origins={k: dataclasses.asdict(v) for k, v in models.resolved.items()},
         )
         progress.advance("generate", len(batch))

@@ -190,7 +190,9 @@ def merge_timings(timings: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         gen["s_per_512_tokens"] = (
             512 * gen["wall_s"] / gen["row_tokens"] if gen["row_tokens"] else None
         )
-        gen["peak_memory_mb"] = max(float(g.get("peak_memory_mb", 0.0)) for g in gens)
+        # each shard's own decoding peak; None when no shard could measure it
+        peaks = [float(v) for g in gens if (v := g.get("peak_memory_mb")) is not None]
+        gen["peak_memory_mb"] = max(peaks, default=None)
         gen["processes"] = len(gens)
         merged["generate"] = gen
     scores = [t["score"] for t in ordered if "score" in t]

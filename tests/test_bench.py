@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 import torch
 
+from mobench import bench as bench_module
 from mobench.bench import (
     BENCH_PRESETS,
-    PeakMemory,
+    _check,
     reference_decode,
     run_bench,
     token_agreement,
 )
 from mobench.config import GenerationConfig
 from mobench.decoding import guided_generate, stock_attention
+from mobench.memory import MemoryMeter
 from mobench.models import ModelContext
 from tests.conftest import build_llama
 from tests.test_decoding import PROMPTS, _encode, random_lora_arms
@@ -73,8 +75,8 @@ def test_token_agreement() -> None:
 
 
 def test_peak_memory_sees_an_allocation() -> None:
-    meter = PeakMemory("cpu")
-    if meter.peak_mb() is None:
+    meter = MemoryMeter("cpu")
+    if not meter.available:
         pytest.skip(meter.method)
     meter.start()
     block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written, then freed
@@ -90,29 +92,112 @@ def test_smoke_bench_writes_a_result_the_report_reads(tmp_path: Path) -> None:
 
     preset = dataclasses.replace(
         BENCH_PRESETS["smoke"],
-        dtypes=("float32",),
         methods=("genarm", "uniarm"),
         w2s_methods=("mod_w2s",),
     )
     result = run_bench(preset, tmp_path, log=lambda _: None)
     written = json.loads(Path(result["path"]).read_text())
     assert written["results"] == result["results"]
-    configs = {e["config"] for e in written["results"]}
-    assert configs == {*preset.methods, *(f"{m}-w2s" for m in preset.w2s_methods)}
+    configs = {(e["config"], e["dtype"]) for e in written["results"]}
+    names = {*preset.methods, *(f"{m}-w2s" for m in preset.w2s_methods)}
+    assert configs == {(n, d) for n in names for d in preset.dtypes}
+    settings = written["settings"]
+    # the reference loop covers every grid point, on several prompts
+    assert settings["reference_rows"] == settings["alphas"] and settings["reference_prompts"] == 2
     for entry in written["results"]:
         assert (
             entry["guided_unguided_ratio"] > 0
-            and entry["row_tokens"] == result["settings"]["rows"] * preset.max_new_tokens
+            and entry["row_tokens"] == settings["rows"] * preset.max_new_tokens
         )
-        assert len(entry["times_s"]) == preset.repeats
-        # mobench (fused, batched) and the reference loop (separate copies, batch 1) agree
-        assert entry["reference"]["token_agreement"] == 1.0
+        assert len(entry["times_s"]) == preset.repeats == 3
+        spread = entry["guided_unguided"]
+        assert spread["min"] <= spread["median"] <= spread["max"]
+        assert entry["min_s"] <= entry["median_s"] <= entry["max_s"]
+        # the batched peer (HF generate, padded batches of two prompts' fronts) and the
+        # reference loop decode what mobench decodes, in fp32
+        peer = entry["batched_peer"]
+        assert len(peer["times_s"]) == 3 and peer["peer_over_mobench"]["median"] > 0
+        assert entry["reference"]["rows"] == settings["alphas"]
+        if entry["dtype"] == "float32":
+            assert entry["reference"]["token_agreement"] == 1.0
+            assert peer["token_agreement"] == 1.0
+            assert "bf16_vs_fp32" not in entry
+        else:  # bf16 against the fp32 run of the same configuration, every row
+            assert 0 <= entry["bf16_vs_fp32"]["token_agreement"] <= 1
         assert (entry["fused_lanes"] > 0) == (not entry["weak_to_strong"])
+        # memory: loaded weights and decoding peak, measured per configuration
+        assert entry["weights_mb"] > 0 and entry["decode_peak_mb"] is not None
+        assert entry["peak_memory_mb"] == pytest.approx(
+            entry["weights_mb"] + entry["decode_peak_mb"], abs=0.11
+        )
+    # weak-to-strong loads a second model: more weights than the base alone
+    base_weights = written["base"]["float32"]["weights_mb"]
+    w2s = next(e for e in written["results"] if e["config"] == "mod_w2s-w2s")
+    assert w2s["weights_mb"] > base_weights
+    assert "bf16_vs_fp32" in written["base"]["bfloat16"]
     assert {t["met"] for t in written["targets"]} <= {True, False}
+    assert any("batched generate / mobench" in t["target"] for t in written["targets"])
     # the fused floor: plain decoding of twice the rows, reported with the guided/unguided checks
     floor = written["base"]["float32"]["x2_rows_over_base"]
     assert floor > 0 and written["base"]["float32"]["x2_rows_median_s"] > 0
-    ratio_checks = [t for t in written["targets"] if "guided/unguided" in t["target"]]
+    ratio_checks = [t for t in written["targets"] if "guided/unguided (float32)" in t["target"]]
     assert ratio_checks and all(f"{floor:.2f}x the base" in t["floor"] for t in ratio_checks)
+    assert all(len(t["spread"]) == 2 for t in ratio_checks)
     bench, warnings = load_bench_results(tmp_path)
     assert not warnings and {b.method for b in bench} == {e["method"] for e in written["results"]}
+
+
+def test_a_target_is_met_only_beyond_the_spread() -> None:
+    within = _check("x", {"median": 1.4, "min": 1.3, "max": 1.6}, "<=", 1.5)
+    assert within["met"] is False and "within the spread" in within["miss"]
+    assert _check("x", {"median": 1.4, "min": 1.3, "max": 1.45}, "<=", 1.5)["met"] is True
+    over = _check("x", {"median": 1.7, "min": 1.6, "max": 1.8}, "<=", 1.5)
+    assert over["met"] is False and "over the limit" in over["miss"]
+    assert _check("x", {"median": 7.0, "min": 5.9, "max": 8.0}, ">=", 6)["met"] is False
+    assert _check("x", {"median": 7.0, "min": 6.1, "max": 8.0}, ">=", 6)["met"] is True
+
+
+def test_memory_target_fails_for_a_configuration_that_allocates_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A PARM guide that also holds 256 MiB while it decodes: the bench measures it (decoding
+    peak above the loaded weights) and its memory target fails; the base is measured alike."""
+    meter = MemoryMeter("cpu")
+    if not meter.available:
+        pytest.skip(meter.method)
+    real_method = bench_module._method
+
+    def hog_method(name: str) -> Any:
+        method = real_method(name)
+        make_guide = method.guide
+
+        def guide(*args: Any, **kwargs: Any) -> Any:
+            g = make_guide(*args, **kwargs)
+            real_prefill = g.prefill
+
+            def prefill(*a: Any, **k: Any) -> Any:
+                g.hog = torch.ones(64 * 2**20)  # 256 MiB, written; freed with the next batch
+                return real_prefill(*a, **k)
+
+            g.prefill = prefill
+            return g
+
+        method.guide = guide
+        return method
+
+    monkeypatch.setattr(bench_module, "_method", hog_method)
+    preset = dataclasses.replace(
+        BENCH_PRESETS["smoke"],
+        dtypes=("float32",),
+        methods=("parm",),
+        w2s_methods=(),
+        repeats=1,
+        batched_peer=False,
+        fused_floor=False,
+    )
+    result = run_bench(preset, None, log=lambda _: None)
+    (entry,) = result["results"]
+    base = result["base"]["float32"]
+    assert entry["decode_peak_mb"] >= 250 > base["decode_peak_mb"] + 200
+    (check,) = [t for t in result["targets"] if "memory" in t["target"]]
+    assert check["met"] is False and check["value"] > 1.2

@@ -78,6 +78,17 @@ def test_full_run_writes_every_file_and_resumes_without_work(
     assert timing["generate"]["forwards_per_token"] == {"fused": 1}
     assert timing["generate"]["fused_lanes"] == 3
     assert timing["train"]["trainable_parameters"] > 0
+    # each phase's own memory peak (issue 13 item 4), not the process's lifetime maximum RSS
+    # (which every phase used to report, the same number for generation as for training)
+    from mobench.memory import MemoryMeter, _status_mb
+
+    if MemoryMeter("cpu").available:
+        # the tiny model's decoding adds a few MB; the process holds hundreds (torch itself)
+        resident = _status_mb("VmRSS")
+        peak = timing["generate"]["peak_memory_mb"]
+        assert peak is not None and 0 <= peak < 0.5 * resident
+        assert 0 < timing["generate"]["weights_mb"] < 0.5 * resident
+        assert timing["train"]["peak_memory_mb"] is not None
 
     # a re-run of the same spec loads no model and generates nothing
     def no_models(*a: Any, **k: Any) -> Any:
