@@ -185,8 +185,9 @@ register_preset(
         task="safety",
         description=(
             "CPU, offline, < 1 h (needs --data-dir): SmolLM2-135M-Instruct base and ARM "
-            "backbone on the real PKU-SafeRLHF test pairs (5135-row file), relabelled by "
-            "SmolLM2 reward models mobench trains on real HH-RLHF / PKU pairs"
+            "backbone on the real PKU-SafeRLHF test pairs (5135-row file): PKU's human harmless "
+            "labels, helpful labels and scores from SmolLM2 reward models mobench trains on real "
+            "HH-RLHF / PKU pairs"
         ),
         base_model="smollm2-135m-instruct",
         data=DATA_DIR_PREFIX + "pku-saferlhf/pku_saferlhf_test_safety_pairs_5135.jsonl.gz",
