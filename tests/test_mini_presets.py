@@ -26,7 +26,16 @@ def test_safety_mini_trains_both_arms_with_one_beta_r(method: str, tmp_path: Any
     assert set(beta) == {"helpful", "harmless"} and beta["helpful"] == beta["harmless"]
 
 
-def test_method_training_applies_to_its_method_only(unit_preset: Any) -> None:
+@pytest.fixture
+def restore_unit_preset(unit_preset: Any) -> Any:
+    """The unit preset, registered again as it was after the test (other tests' fixtures may
+    hold it for the whole session)."""
+    yield unit_preset
+    register_preset(unit_preset)
+
+
+def test_method_training_applies_to_its_method_only(restore_unit_preset: Any) -> None:
+    unit_preset = restore_unit_preset
     preset = dataclasses.replace(
         unit_preset, method_training={"genarm": {"beta_r": {"helpful": 0.3, "harmless": 0.3}}}
     )
@@ -39,13 +48,19 @@ def test_method_training_applies_to_its_method_only(unit_preset: Any) -> None:
     assert genarm.method_config["max_steps"] == unit_preset.training["max_steps"]
 
 
-def test_method_training_with_an_unknown_method_is_a_config_error(unit_preset: Any) -> None:
+def test_method_training_with_an_unknown_method_is_a_config_error(
+    restore_unit_preset: Any,
+) -> None:
+    unit_preset = restore_unit_preset
     register_preset(dataclasses.replace(unit_preset, method_training={"genram": {"seed": 1}}))
     with pytest.raises(ConfigError, match=r"unknown method.*genram"):
         resolve_spec("safety", "genarm", "unit")
 
 
-def test_method_training_field_unknown_to_the_method_is_a_config_error(unit_preset: Any) -> None:
+def test_method_training_field_unknown_to_the_method_is_a_config_error(
+    restore_unit_preset: Any,
+) -> None:
+    unit_preset = restore_unit_preset
     register_preset(dataclasses.replace(unit_preset, method_training={"mod_w2s": {"beta_r": 1}}))
     with pytest.raises(ConfigError, match="unknown MODw2sConfig field"):
         resolve_spec("safety", "mod_w2s", "unit")
