@@ -59,6 +59,8 @@ class Preset:
         test_limit: how many test prompts to generate for (None = all).
         generation: decoding settings.
         training: overrides applied to the method's config (e.g. a step budget for CPU).
+        method_training: per method name, overrides applied after ``training`` (for fields only
+            some methods have, such as GenARM's and PARM's ``beta_r``).
         scorers: objective -> scorer spec ``KIND:SOURCE`` (the task builds them).
         hv_ref_point: the HV reference point of this (task, preset), in objective order.
         grid: alpha grid name (see :func:`alpha_grid`).
@@ -86,6 +88,7 @@ class Preset:
     test_limit: int | None = None
     generation: GenerationConfig = GenerationConfig()
     training: dict[str, Any] = field(default_factory=dict)
+    method_training: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: str = "simplex-0.1"
     dtype: str = "auto"
     scorer_dtype: str = "float32"

@@ -37,7 +37,7 @@ from mobench.config import (
 )
 from mobench.data import DATA_DIR_PREFIX, PreferencePair, resolve_data_dir_refs
 from mobench.interfaces import Method, Task
-from mobench.registry import get_method, get_preset, get_task
+from mobench.registry import METHODS, get_method, get_preset, get_task
 from mobench.runs import IncompleteShardsError, RunDirectory, RunDirError
 from mobench.sharding import (
     Shard,
@@ -122,6 +122,13 @@ def resolve_spec(
     method_config = method_cls.config_cls()
     if method_cls.trains:  # the preset's training sizes are for trained guides only
         method_config = apply_overrides(method_config, dict(p.training))
+        unknown = sorted(set(p.method_training) - set(METHODS.names()))
+        if unknown:  # a misspelt method name would silently drop its overrides
+            raise ConfigError(
+                f"preset {p.task}/{p.name}: method_training names unknown method(s) "
+                f"{', '.join(unknown)}; known: {', '.join(METHODS.names())}"
+            )
+        method_config = apply_overrides(method_config, dict(p.method_training.get(method, {})))
         if seed is not None:
             method_config = apply_overrides(method_config, {"seed": seed})
     if overrides.get("method"):
@@ -561,8 +568,9 @@ def _train(
 
 
 def guide_cache_key(spec: RunSpec, splits: Any) -> str:
-    """Hash of everything a trained guide depends on (not the alphas, the token budget, the
-    scorers or the number of test prompts), so runs that differ only in those reuse it."""
+    """Hash of everything a trained guide depends on, its training pairs' labels and response
+    order included (not the alphas, the token budget, the scorers as such or the number of test
+    prompts), so runs that differ only in those reuse it."""
     from mobench.models import model_identity
 
     payload = {
@@ -574,6 +582,9 @@ def guide_cache_key(spec: RunSpec, splits: Any) -> str:
         "guide_model": spec.models.get(spec.guide_model) or model_identity(spec.guide_model),
         "template": spec.templates.get(spec.guide_model),
         "train_ids": [p.id for p in splits.train],
+        # the labels too: the same rows relabelled another way (task.relabel, other scorers,
+        # another response order) must train a new guide, not reuse one trained on other labels
+        "train_labels": [[p.responses, sorted(p.labels.items())] for p in splits.train],
         "data": spec.data,
         "dtype": spec.dtype,
         "device": spec.device,

@@ -164,6 +164,20 @@ MINI_TRAINING = {
     "max_length": 192,
     "max_prompt_length": 128,
 }
+#: the safety mini preset's: 16 updates of 8 pairs drawn from 384 training pairs (48 updates per
+#: ARM took ~20 min per ARM on the shared 2 cores, beyond the preset's hour for five methods);
+#: PKU prompts are short, and 160 tokens keep most responses whole
+SAFETY_MINI_TRAINING = {
+    **MINI_TRAINING,
+    "max_steps": 16,
+    "max_length": 160,
+    "max_prompt_length": 64,
+}
+#: one beta_r for both objectives of the ARM methods. GenARM's PKU script uses helpful 0.5 and
+#: harmless 0.01 (PARM 0.01 for both) for 512-token responses of a 7B model; at a 50x ratio the
+#: two ARMs of one run are trained at different strengths, so alpha trades one objective against
+#: an ARM's training strength rather than against the other objective
+MINI_ARM_BETA_R = {"helpful": 0.1, "harmless": 0.1}
 
 register_preset(
     Preset(
@@ -171,21 +185,28 @@ register_preset(
         task="safety",
         description=(
             "CPU, offline, < 1 h (needs --data-dir): SmolLM2-135M-Instruct base and ARM "
-            "backbone on the real PKU-SafeRLHF test pairs (5135-row file), relabelled by "
-            "SmolLM2 reward models mobench trains on real HH-RLHF / PKU pairs"
+            "backbone on the real PKU-SafeRLHF test pairs (5135-row file): PKU's human harmless "
+            "labels, helpful labels and scores from SmolLM2 reward models mobench trains on real "
+            "HH-RLHF / PKU pairs"
         ),
         base_model="smollm2-135m-instruct",
         data=DATA_DIR_PREFIX + "pku-saferlhf/pku_saferlhf_test_safety_pairs_5135.jsonl.gz",
-        split_sizes=(128, 16, 32),
+        split_sizes=(384, 16, 32),
         split_seed=0,
         generation=GenerationConfig(max_new_tokens=64),
-        training=dict(MINI_TRAINING),
+        training=dict(SAFETY_MINI_TRAINING),
+        method_training={
+            m: {"beta_r": dict(MINI_ARM_BETA_R)} for m in ("genarm", "parm", "uniarm")
+        },
         scorers={"helpful": MINI_HELPFUL_SCORER, "harmless": MINI_HARMLESS_SCORER},
         # trained scorers are standardised (held-out mean 0, std 1)
         hv_ref_point=(-2.0, -2.0),
         batch_size=22,
         task_options={
-            "relabel": "all",
+            # harmless: PKU's human safer label as it is (relabelling it with the 0.61-accurate
+            # trained scorer replaced human labels with noisy ones); helpful: the file has no
+            # label, so the helpful reward model (trained on human HH labels) supplies it
+            "relabel": "missing",
             "part": "task",
             "shuffle_responses": True,  # the file puts the safe response first
             "train_max_chars": 1024,
