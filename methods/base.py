@@ -41,7 +41,7 @@ class Base(Method):
         """Nothing to train (the pipeline does not call this for a method with ``trains``
         False; kept so the class satisfies the interface)."""
 
-    def guide(self, artifacts: Path, task: Task, models: ModelContext) -> None:
+    def guide_spec(self, artifacts: Path, task: Task, models: ModelContext) -> None:
         return None
 
     def trainable_parameters(self, artifacts: Path) -> int:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from mobench.config import RunSpec
+    from mobench.engine import GuideSpec
     from mobench.models import ModelContext
 
 
@@ -211,10 +212,22 @@ class Method(ABC):
         safetensors, a config recording the objective order) into ``out_dir``."""
 
     @abstractmethod
+    def guide_spec(self, artifacts: Path, task: Task, models: ModelContext) -> GuideSpec | None:
+        """What the trained guide in ``artifacts`` is at decoding time: its lanes (the guide
+        backbone, with a LoRA or an alpha-conditioned adapter each) and their linear weights per
+        row (:class:`mobench.engine.GuideSpec`). None decodes the base model alone. The core
+        decides how the lanes run (fused, weak-to-strong, separate); a method writes no speed
+        code."""
+
     def guide(self, artifacts: Path, task: Task, models: ModelContext) -> Guide | FusedGuide | None:
-        """Load the trained guide from ``artifacts`` for decoding with ``models``: a
-        :class:`FusedGuide` on ``models.base`` when ``models.fused``, else a :class:`Guide`;
-        None decodes the base model alone."""
+        """The guide for ``models``, built by the core's engine from :meth:`guide_spec`: a
+        :class:`FusedGuide` on ``models.base`` when ``models.fused``, else a :class:`Guide`."""
+        spec = self.guide_spec(artifacts, task, models)
+        if spec is None:
+            return None
+        from mobench.engine import build_guide
+
+        return build_guide(spec, models)
 
     @abstractmethod
     def trainable_parameters(self, artifacts: Path) -> int:

@@ -3,6 +3,7 @@ tokenizer (tiny in-process models, fp32)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,10 @@ def _logprobs(model: Any, ids: list[int], vocab: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def w2s(tiny_tokenizer: Any) -> dict[str, Any]:
     """A large base, two random LoRA policies on a small backbone, and the small reference."""
-    from mobench.methods.mod_w2s import MODw2sGuide
+    from mobench.methods.mod_w2s import lane_weights
     from peft import LoraConfig, get_peft_model
+
+    from mobench.engine import GuideSpec, Lane, LoRA, SeparateModels
 
     tok = tiny_tokenizer
     base = build_llama(tok, hidden=128, layers=3, seed=1)
@@ -58,7 +61,12 @@ def w2s(tiny_tokenizer: Any) -> dict[str, Any]:
                 param.copy_(torch.randn(param.shape, generator=gen))
     policies.eval()
     reference = build_llama(tok)  # the small model without adapter: same seed, separate object
-    guide = MODw2sGuide(policies, OBJECTIVES, reference, len(tok), tok.pad_token_id)
+    # one copy per policy lane, each with its own adapter active (the separate-models path)
+    lanes = [copy.deepcopy(policies) for _ in OBJECTIVES]
+    for lane, name in zip(lanes, OBJECTIVES, strict=True):
+        lane.set_adapter(name)
+    spec = GuideSpec((Lane(), *(Lane(LoRA(Path(), n)) for n in OBJECTIVES)), lane_weights)
+    guide = SeparateModels([reference, *lanes], spec, len(tok), tok.pad_token_id)
     return {"tok": tok, "base": base, "policies": policies, "guide": guide}
 
 
@@ -398,7 +406,7 @@ def test_weak_to_strong_pipeline_run(
 def test_a_guide_loads_only_onto_the_backbone_it_was_trained_on(
     tiny_model_dir: str, tiny_large_model_dir: str
 ) -> None:
-    from mobench.methods.genarm import check_guide_backbone
+    from mobench.methods.shared import check_guide_backbone
 
     from mobench.models import ModelContext
 
@@ -450,7 +458,8 @@ def test_saved_policies_reload_and_same_backbone_is_plain_mod(
             torch.testing.assert_close(fused_base[0], base_lp[-1], atol=1e-4, rtol=1e-4)
             got = guidance[0]
         else:
-            assert guide.reference.model is base and guide.forwards_per_token == {"guide": 3}
+            assert guide.models[0].stepper.model is base  # the base itself is pi_ref^S
+            assert guide.forwards_per_token == {"guide": 3}
             got = guide.prefill([ids], alphas)[0]
     torch.testing.assert_close(
         got,
