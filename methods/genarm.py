@@ -38,6 +38,7 @@ from mobench.models import ModelContext, load_causal_lm, load_tokenizer, safeten
 from mobench.registry import register_method
 from mobench.training import (
     ARMTrainingConfig,
+    TrainerSettings,
     bradley_terry_loss,
     sequence_logprobs,
     tokenize_pairs,
@@ -85,7 +86,14 @@ class GenARM(Method):
     def beta_r(self, objective: str) -> float:
         return self.config.beta_r.get(objective, self.config.beta_r_default)
 
-    def train(self, task: Task, splits: Splits, spec: RunSpec, out_dir: Path) -> None:
+    def train(
+        self,
+        task: Task,
+        splits: Splits,
+        spec: RunSpec,
+        out_dir: Path,
+        trainer: TrainerSettings | None = None,
+    ) -> None:
         from peft import get_peft_model
         from transformers import set_seed
 
@@ -128,6 +136,7 @@ class GenARM(Method):
                 pad_token_id=tok.pad_token_id,
                 bf16=spec.dtype == "bfloat16",
                 output_dir=str(out_dir / ".trainer"),
+                trainer=trainer,
             )
             peft_model.save_pretrained(str(out_dir / objective), safe_serialization=True)
             report[objective] = {

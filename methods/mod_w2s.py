@@ -48,11 +48,10 @@ from mobench.registry import register_method
 from mobench.training import (
     ARMTrainingConfig,
     TokenizedPair,
+    TrainerSettings,
     TrainResult,
-    current_trainer_arguments,
     data_parallel_batches,
     launched_processes,
-    progress_callbacks,
     tokenize_pairs,
 )
 
@@ -140,6 +139,7 @@ def train_dpo_policy(
     *,
     bf16: bool,
     output_dir: str,
+    trainer: TrainerSettings | None = None,
 ) -> tuple[Any, TrainResult]:
     """Train one LoRA policy on ``model`` with trl's DPO loss; returns ``(peft model, result)``.
 
@@ -180,26 +180,27 @@ def train_dpo_policy(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    settings.update(current_trainer_arguments())  # --trainer-config (checked)
+    trainer = trainer or TrainerSettings()
+    settings.update(trainer.arguments)  # --trainer-config (checked)
     args = DPOConfig(**settings)
     lora = lora_config(config)
-    trainer = _dpo_trainer_class()(
+    dpo = _dpo_trainer_class()(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=progress_callbacks(),
+        callbacks=trainer.callbacks(),
     )
-    trainer.train()
-    losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    dpo.train()
+    losses = [float(h["loss"]) for h in dpo.state.log_history if "loss" in h]
     result = TrainResult(
-        steps=int(trainer.state.global_step),
+        steps=int(dpo.state.global_step),
         first_loss=losses[0] if losses else math.nan,
         last_loss=losses[-1] if losses else math.nan,
         losses=losses,
     )
-    return trainer.model, result
+    return dpo.model, result
 
 
 def lane_weights(alphas: torch.Tensor) -> torch.Tensor:
@@ -220,7 +221,14 @@ class MODw2s(Method):
         super().__init__(config)
         self.config: MODw2sConfig = config
 
-    def train(self, task: Task, splits: Splits, spec: RunSpec, out_dir: Path) -> None:
+    def train(
+        self,
+        task: Task,
+        splits: Splits,
+        spec: RunSpec,
+        out_dir: Path,
+        trainer: TrainerSettings | None = None,
+    ) -> None:
         cfg = self.config
         tok = load_tokenizer(spec.guide_model)
         template = spec.templates.get(spec.guide_model)
@@ -243,6 +251,7 @@ class MODw2s(Method):
                 cfg,
                 bf16=spec.dtype == "bfloat16",
                 output_dir=str(out_dir / ".trainer"),
+                trainer=trainer,
             )
             policy.save_pretrained(out_dir / objective, safe_serialization=True)
             report[objective] = {"pairs": len(rows), **dataclasses.asdict(result)}

@@ -45,6 +45,7 @@ from mobench.models import ModelContext, load_causal_lm, load_tokenizer, source_
 from mobench.training import (
     ARMTrainingConfig,
     PairLoss,
+    TrainerSettings,
     bradley_terry_loss,
     sequence_logprobs,
     tokenize_pairs,
@@ -626,7 +627,14 @@ class PreferenceARM(Method):
 
         return loss
 
-    def train(self, task: Task, splits: Splits, spec: RunSpec, out_dir: Path) -> None:
+    def train(
+        self,
+        task: Task,
+        splits: Splits,
+        spec: RunSpec,
+        out_dir: Path,
+        trainer: TrainerSettings | None = None,
+    ) -> None:
         cfg = self.config
         objectives = list(task.objectives)
         tok = load_tokenizer(spec.guide_model)
@@ -645,6 +653,7 @@ class PreferenceARM(Method):
             pad_token_id=tok.pad_token_id,
             bf16=spec.dtype == "bfloat16",
             output_dir=str(out_dir / ".trainer"),
+            trainer=trainer,
         )
         training = {
             "pairs": len(pairs),

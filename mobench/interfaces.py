@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mobench.config import RunSpec
     from mobench.engine import GuideSpec
     from mobench.models import ModelContext
+    from mobench.training import TrainerSettings
 
 
 class Scorer(ABC):
@@ -207,9 +208,17 @@ class Method(ABC):
         self.config = config
 
     @abstractmethod
-    def train(self, task: Task, splits: Splits, spec: RunSpec, out_dir: Path) -> None:
-        """Train the guide on ``splits.train`` and save everything :meth:`guide` needs (weights in
-        safetensors, a config recording the objective order) into ``out_dir``."""
+    def train(
+        self,
+        task: Task,
+        splits: Splits,
+        spec: RunSpec,
+        out_dir: Path,
+        trainer: TrainerSettings | None = None,
+    ) -> None:
+        """Train the guide on ``splits.train`` and save everything :meth:`guide_spec` needs
+        (weights in safetensors, a config recording the objective order) into ``out_dir``.
+        ``trainer`` (extra TrainingArguments, a progress hook) goes to the trainer as is."""
 
     @abstractmethod
     def guide_spec(self, artifacts: Path, task: Task, models: ModelContext) -> GuideSpec | None:

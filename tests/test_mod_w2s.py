@@ -205,8 +205,8 @@ def test_dpo_training_raises_the_chosen_log_ratio(tiny_tokenizer: Any, tmp_path:
 
 
 def test_tiny_preset_training_overrides_reach_the_dpo_config() -> None:
-    from mobench.pipeline import resolve_spec
     from mobench.registry import get_preset
+    from mobench.resolve import resolve_spec
 
     spec = resolve_spec("safety", "mod_w2s", "tiny")
     for key, value in get_preset("safety", "tiny").training.items():
@@ -234,7 +234,7 @@ def test_a_tokenizer_with_extra_trailing_tokens_shares_the_common_range() -> Non
 
 
 def test_eos_ids_outside_the_shared_vocabulary_are_refused(tiny_tokenizer: Any) -> None:
-    from mobench.pipeline import eos_ids
+    from mobench.models import eos_ids
 
     model = build_llama(tiny_tokenizer)
     eos = tiny_tokenizer.eos_token_id
@@ -254,16 +254,15 @@ def test_logits_are_restricted_to_the_shared_vocabulary(
 ) -> None:
     """A base whose LM head is padded past its tokenizer decodes over the tokenizer's ids only; a
     guide whose head cannot score every shared id is refused."""
-    from mobench.tasks.safety import SafetyTask
 
     from mobench.decoding import CausalLMStepper
-    from mobench.models import logit_rows
-    from mobench.pipeline import _load_models, resolve_spec
+    from mobench.models import load_models, logit_rows
+    from mobench.resolve import resolve_spec
 
     tok = build_tokenizer()
     padded = _save(build_llama(tok, hidden=128, vocab_size=len(tok) + 8), tok, tmp_path / "padded")
     spec = resolve_spec("safety", "mod_w2s", "unit", base_model=padded, guide_model=tiny_model_dir)
-    models = _load_models(spec, SafetyTask())
+    models = load_models(spec)
     assert logit_rows(models.base) == len(tok) + 8
     assert models.vocab_size == len(tok)
     logprobs = CausalLMStepper(models.base, models.vocab_size, tok.pad_token_id).prefill(
@@ -275,7 +274,7 @@ def test_logits_are_restricted_to_the_shared_vocabulary(
     short = _save(build_llama(tok, vocab_size=len(tok) - 8), tok, tmp_path / "short")
     spec = resolve_spec("safety", "mod_w2s", "unit", guide_model=short)
     with pytest.raises(ModelError, match="output logits"):
-        _load_models(spec, SafetyTask()).load_guide_backbone()
+        load_models(spec).load_guide_backbone()
 
 
 def test_cli_refuses_a_guide_with_another_tokenizer_before_training(
@@ -315,7 +314,7 @@ def test_render_precedence_preset_template_then_chat_template_then_task_default(
 
 def test_which_backbone_the_guide_is_trained_on(unit_preset: Any) -> None:
     """--guide-model wins, then the preset's guide_model, else the guide follows the base."""
-    from mobench.pipeline import resolve_spec
+    from mobench.resolve import resolve_spec
 
     def guide_of(preset_guide: str | None = None, **kw: str) -> tuple[str, str]:
         overrides = {"preset": {"guide_model": preset_guide}} if preset_guide else {}
@@ -367,7 +366,8 @@ def test_weak_to_strong_pipeline_run(
     """The small model's guide, trained on it, steers the large base end to end; each model sees
     prompts in its own template (the guide: the preset's template for it, in training and
     decoding; the base: its tokenizer's chat template); timing.json counts the forwards."""
-    from mobench.pipeline import execute_run, resolve_spec
+    from mobench.pipeline import execute_run
+    from mobench.resolve import resolve_spec
 
     spec = resolve_spec(
         "safety",

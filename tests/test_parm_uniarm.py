@@ -412,7 +412,7 @@ def test_foreign_objectives_or_method_refused(
 
 
 def test_bad_config_values_are_config_errors() -> None:
-    from mobench.pipeline import resolve_spec
+    from mobench.resolve import resolve_spec
 
     with pytest.raises(ConfigError, match="pref_sample_p must be > 0"):
         PARMConfig(pref_sample_p=0.0)
@@ -445,7 +445,8 @@ def _drop_rows(run_dir: Path, keep_fraction: float) -> set[tuple[str, int]]:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_pipeline_runs_and_resumes(kind: str, unit_preset: Any, tmp_path: Path) -> None:
-    from mobench.pipeline import execute_run, method_from_spec, resolve_spec
+    from mobench.pipeline import execute_run
+    from mobench.resolve import method_from_spec, resolve_spec
     from mobench.runs import read_jsonl
 
     spec = resolve_spec("safety", kind, "unit", device="cpu")

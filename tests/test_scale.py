@@ -23,7 +23,9 @@ import pytest
 import torch
 
 from mobench.config import ConfigError
-from mobench.pipeline import Placement, execute_run, resolve_spec
+from mobench.models import Placement
+from mobench.pipeline import execute_run
+from mobench.resolve import resolve_spec
 from mobench.runs import IncompleteShardsError, RunDirectory, RunDirError, read_json
 from mobench.sharding import (
     Shard,
@@ -315,9 +317,9 @@ def test_trainer_config_reaches_the_trainer(
 ) -> None:
     """--trainer-config fields reach TrainingArguments: gradient checkpointing is switched on in
     the trained LM, and it does not change the losses."""
-    from mobench.pipeline import method_from_spec
     from mobench.registry import get_task
-    from mobench.training import SequenceLogProbs, trainer_arguments
+    from mobench.resolve import method_from_spec
+    from mobench.training import SequenceLogProbs, TrainerSettings
 
     enabled = []
     real_enable = SequenceLogProbs.gradient_checkpointing_enable
@@ -334,8 +336,7 @@ def test_trainer_config_reaches_the_trainer(
     for extra in ({}, {"gradient_checkpointing": True}):
         out = tmp_path / f"guide-{len(losses)}"
         out.mkdir()
-        with trainer_arguments(extra):
-            method_from_spec(spec).train(task, splits, spec, out)
+        method_from_spec(spec).train(task, splits, spec, out, TrainerSettings(extra))
         losses.append(_losses(out))
     assert enabled == [True] * len(spec.objectives)  # once per ARM, only when asked
     assert losses[1].keys() == losses[0].keys()
