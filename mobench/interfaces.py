@@ -46,10 +46,12 @@ class Scorer(ABC):
 
 
 class Guide(ABC):
-    """What a method contributes at decoding time: per-row guidance log-probs for the next token.
+    """Per-row guidance log-probs for the next token, as the decoding loop consumes them.
 
-    The decoding loop owns the base model; a guide owns its own models and KV caches. Rows are
-    (prompt, alpha) pairs; rows leave the batch when they finish (:meth:`drop`).
+    The engine (:mod:`mobench.engine`) builds one from a method's :meth:`Method.guide_spec`;
+    methods do not implement this. The decoding loop owns the base model; a guide owns its own
+    models and KV caches. Rows are (prompt, alpha) pairs; rows leave the batch when they finish
+    (:meth:`drop`).
     """
 
     #: per generated token, how many forward passes each model makes (e.g.
@@ -85,8 +87,8 @@ class FusedGuide(ABC):
 
     The decoding loop then runs no base model of its own: each call returns the base log-probs
     and the guidance, and the loop combines them exactly as for a :class:`Guide`
-    (``base + guidance / beta``). A method returns one when the guide model is the base model
-    (``ModelContext.fused``); with a different guide model it returns a plain :class:`Guide`.
+    (``base + guidance / beta``). The engine builds one when the guide model is the base model
+    (``ModelContext.fused``); with a different guide model it builds a plain :class:`Guide`.
     """
 
     #: as :attr:`Guide.forwards_per_token`; the fused forward is counted under "fused".

@@ -85,6 +85,7 @@ def test_peak_memory_sees_an_allocation() -> None:
     assert (meter.peak_mb() or 0.0) < 60  # the next configuration starts clean
 
 
+@pytest.mark.slow
 def test_smoke_bench_writes_a_result_the_report_reads(tmp_path: Path) -> None:
     from mobench.report import load_bench_results
 
@@ -155,6 +156,7 @@ def test_a_target_is_met_only_beyond_the_spread() -> None:
     assert _check("x", {"median": 7.0, "min": 6.1, "max": 8.0}, ">=", 6)["met"] is True
 
 
+@pytest.mark.slow
 def test_memory_target_fails_for_a_configuration_that_allocates_more(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

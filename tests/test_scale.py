@@ -92,6 +92,7 @@ def _assert_same_results(run: RunDirectory, ref: RunDirectory) -> None:
 # ----------------------------------------------------------------- two launched processes
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_the_single_process_run(
     reference: Any, tiny_model_dir: str, tmp_path: Path
 ) -> None:
@@ -415,6 +416,7 @@ def test_merged_timing_adds_work_and_keeps_training() -> None:
     assert list(merged["shards"]) == ["shard-0-of-2", "shard-1-of-2"]
 
 
+@pytest.mark.slow
 def test_torchrun_at_the_default_dtype_scores_like_one_process(
     unit_preset: Any, tiny_model_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -185,6 +185,7 @@ def test_every_steering_method_has_settings_here() -> None:
     assert not missing, f"add the new method(s) {missing} to METHOD_SETTINGS and this test"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHOD_SETTINGS))
 def test_guidance_steers_and_a_swapped_objective_order_is_caught(
     method: str, yesno_preset: Preset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
