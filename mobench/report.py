@@ -323,14 +323,14 @@ def _timing_row(run: LoadedRun, bench: Sequence[BenchResult]) -> dict[str, Any]:
     gen = run.timing.get("generate", {}) or {}
     train = run.timing.get("train", {}) or {}
     score = run.timing.get("score", {}) or {}
-    ratio = _float_or_none(gen.get("guided_unguided_ratio"))
-    ratio_source = "timing.json" if ratio is not None else None
-    if ratio is None:
-        match = _match_bench(run, bench)
-        if match is not None:
-            ratio = match.ratio
-            details = ", ".join(v for v in (match.dtype, match.device, match.date) if v)
-            ratio_source = f"{match.source} ({details})" if details else match.source
+    # Only `mobench bench` measures guided and unguided decoding of the same rows in one
+    # process; a ratio of two runs' timings would mix two machines' states, so none is made.
+    ratio, ratio_source = None, None
+    match = _match_bench(run, bench)
+    if match is not None:
+        ratio = match.ratio
+        details = ", ".join(v for v in (match.dtype, match.device, match.date) if v)
+        ratio_source = f"{match.source} ({details})" if details else match.source
     memories = [
         m
         for m in (_float_or_none(p.get("peak_memory_mb")) for p in (train, gen, score))
