@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint typecheck report clean
+.PHONY: setup demo test test-fast lint typecheck report clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ typecheck: setup
 
 test: lint typecheck
 	$(BIN)/pytest -q --durations=15
+
+# the edit-test loop: every test but the few slow whole-system ones (pytest marker "slow")
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
 
 report: setup
 	$(BIN)/mobench report

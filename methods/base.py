@@ -20,6 +20,7 @@ from mobench.data import Splits
 from mobench.interfaces import Method, Task
 from mobench.models import ModelContext
 from mobench.registry import register_method
+from mobench.training import TrainerSettings
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,18 @@ class Base(Method):
     trains: ClassVar[bool] = False
     steers: ClassVar[bool] = False
 
-    def train(self, task: Task, splits: Splits, spec: RunSpec, out_dir: Path) -> None:
+    def train(
+        self,
+        task: Task,
+        splits: Splits,
+        spec: RunSpec,
+        out_dir: Path,
+        trainer: TrainerSettings | None = None,
+    ) -> None:
         """Nothing to train (the pipeline does not call this for a method with ``trains``
         False; kept so the class satisfies the interface)."""
 
-    def guide(self, artifacts: Path, task: Task, models: ModelContext) -> None:
+    def guide_spec(self, artifacts: Path, task: Task, models: ModelContext) -> None:
         return None
 
     def trainable_parameters(self, artifacts: Path) -> int:

@@ -14,9 +14,10 @@ so the guide returns sum_i alpha_i (log pi_i^S - log pi_ref^S), every term a log
 shared vocabulary in fp32; the decoding loop adds log pi_L (beta = 1). With the guide backbone
 equal to the base and alpha on the simplex, this is plain MOD, sum_i alpha_i log pi_i.
 
-Cost per token: 1 base forward + (k + 1) small forwards (k policies and the reference), each
-with its own KV cache. The k adapters share one copy of the small backbone; the reference is a
-second, adapter-free copy (or the base itself when the guide backbone is the base model).
+Cost per token: 1 base forward + (k + 1) small forwards (k policies and the reference) in the
+reference structure. The method states the lanes and weights (:func:`lane_weights`); the core's
+engine (mobench.engine) runs them as lanes of one forward of the small backbone, or fused into the
+base's forward when the guide backbone is the base.
 """
 
 from __future__ import annotations
@@ -24,17 +25,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from mobench.methods.genarm import (
+from mobench.methods.shared import (
     GUIDE_CONFIG,
     check_guide_backbone,
     check_objectives,
-    load_objective_adapters,
     lora_config,
     save_random_lora_guide,
     write_lora_guide_config,
@@ -42,19 +41,17 @@ from mobench.methods.genarm import (
 
 from mobench.config import RunSpec
 from mobench.data import DataError, Splits
-from mobench.decoding import CausalLMStepper, LaneStepper, prompt_groups
-from mobench.fused import inject_multi_lora, read_peft_lora
-from mobench.interfaces import FusedGuide, Guide, Method, Task
+from mobench.engine import GuideSpec, Lane, LoRA
+from mobench.interfaces import Method, Task
 from mobench.models import ModelContext, load_causal_lm, load_tokenizer, safetensors_numel
 from mobench.registry import register_method
 from mobench.training import (
     ARMTrainingConfig,
     TokenizedPair,
+    TrainerSettings,
     TrainResult,
-    current_trainer_arguments,
     data_parallel_batches,
     launched_processes,
-    progress_callbacks,
     tokenize_pairs,
 )
 
@@ -142,6 +139,7 @@ def train_dpo_policy(
     *,
     bf16: bool,
     output_dir: str,
+    trainer: TrainerSettings | None = None,
 ) -> tuple[Any, TrainResult]:
     """Train one LoRA policy on ``model`` with trl's DPO loss; returns ``(peft model, result)``.
 
@@ -182,164 +180,34 @@ def train_dpo_policy(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    settings.update(current_trainer_arguments())  # --trainer-config (checked)
+    trainer = trainer or TrainerSettings()
+    settings.update(trainer.arguments)  # --trainer-config (checked)
     args = DPOConfig(**settings)
     lora = lora_config(config)
-    trainer = _dpo_trainer_class()(
+    dpo = _dpo_trainer_class()(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=progress_callbacks(),
+        callbacks=trainer.callbacks(),
     )
-    trainer.train()
-    losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    dpo.train()
+    losses = [float(h["loss"]) for h in dpo.state.log_history if "loss" in h]
     result = TrainResult(
-        steps=int(trainer.state.global_step),
+        steps=int(dpo.state.global_step),
         first_loss=losses[0] if losses else math.nan,
         last_loss=losses[-1] if losses else math.nan,
         losses=losses,
     )
-    return trainer.model, result
+    return dpo.model, result
 
 
-class MODw2sGuide(Guide):
-    """sum_i alpha_i (log pi_i^S - log pi_ref^S): k LoRA policies on one shared small backbone and
-    the reference (the same small model without adapter), each with its own KV cache.
-
-    The reference is a separate frozen model rather than the policies' backbone inside peft's
-    ``disable_adapter()``: that context walks every module on each call (about 60 ms per token
-    for SmolLM2-135M on the project CPU, close to a forward pass).
-    """
-
-    def __init__(
-        self,
-        policies: Any,
-        adapter_names: list[str],
-        reference: Any,
-        vocab_size: int,
-        pad_token_id: int,
-    ) -> None:
-        """
-        Args:
-            policies: a ``PeftModel`` holding one adapter per objective, named after it.
-            adapter_names: the adapters in the task's objective (= alpha) order.
-            reference: the small model without adapter (pi_ref^S, the DPO reference).
-            vocab_size / pad_token_id: the shared vocabulary; the guide tokenizer's pad id.
-        """
-        self.model = policies
-        self.adapter_names = adapter_names
-        self.policies = [CausalLMStepper(policies, vocab_size, pad_token_id) for _ in adapter_names]
-        self.reference = CausalLMStepper(reference, vocab_size, pad_token_id)
-        self.forwards_per_token = {"guide": len(adapter_names) + 1}
-        self.alphas: torch.Tensor | None = None
-
-    def _mix(self, run: Callable[[CausalLMStepper], torch.Tensor]) -> torch.Tensor:
-        assert self.alphas is not None
-        reference = run(self.reference).to(self.alphas.device)
-        total = torch.zeros_like(reference)
-        for i, (name, stepper) in enumerate(zip(self.adapter_names, self.policies, strict=True)):
-            self.model.set_adapter(name)
-            total += self.alphas[:, i : i + 1] * (run(stepper) - reference)
-        return total
-
-    def prefill(self, prompt_ids: list[list[int]], alphas: torch.Tensor) -> torch.Tensor:
-        self.alphas = alphas.to(self.policies[0].device, torch.float32)
-        groups = prompt_groups(prompt_ids)  # no per-row state: one prefill per prompt
-        return self._mix(lambda s: s.prefill(prompt_ids, groups))
-
-    def step(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self._mix(lambda s: s.step(token_ids))
-
-    def drop(self, keep: torch.Tensor) -> None:
-        assert self.alphas is not None
-        self.alphas = self.alphas.index_select(0, keep.to(self.alphas.device))
-        for s in [*self.policies, self.reference]:
-            s.drop(keep)
-
-
-def mix_policies(
-    alphas: torch.Tensor, reference: torch.Tensor, policies: torch.Tensor
-) -> torch.Tensor:
-    """MOD-w2s guidance ``sum_i alpha_i (log pi_i^S - log pi_ref^S)`` from the reference's
-    ``(B, V)`` log-probs and the policies' ``(k, B, V)`` (METHODS §6.2)."""
-    total = torch.zeros_like(reference)
-    for i in range(policies.shape[0]):
-        total += alphas[:, i : i + 1] * (policies[i] - reference)
-    return total
-
-
-class MODw2sLaneGuide(Guide):
-    """The reference and the k policies as lanes of ONE forward of one small backbone (lane 0:
-    no adapter = pi_ref^S; lane 1 + i: policy i's LoRA), for a guide model other than the base."""
-
-    def __init__(self, model: Any, num_policies: int, vocab_size: int, pad_token_id: int) -> None:
-        model.lane_layout.set(n_plain=1, adapters=range(num_policies))
-        self.stepper = LaneStepper(model, 1 + num_policies, vocab_size, pad_token_id)
-        self.forwards_per_token = {"guide": 1}
-        self.lanes = self.stepper.lanes
-        self.alphas: torch.Tensor | None = None
-
-    def _mix(self, logprobs: torch.Tensor) -> torch.Tensor:
-        assert self.alphas is not None, "prefill first"
-        return mix_policies(self.alphas, logprobs[0], logprobs[1:])
-
-    def prefill(self, prompt_ids: list[list[int]], alphas: torch.Tensor) -> torch.Tensor:
-        self.alphas = alphas.to(self.stepper.device, torch.float32)
-        lanes = self.stepper.lanes
-        groups = [prompt_groups(prompt_ids)] * lanes  # one prefill per prompt and model
-        return self._mix(self.stepper.prefill([prompt_ids] * lanes, groups))
-
-    def step(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self._mix(self.stepper.step(token_ids))
-
-    def drop(self, keep: torch.Tensor) -> None:
-        assert self.alphas is not None, "prefill first"
-        self.alphas = self.alphas.index_select(0, keep.to(self.alphas.device))
-        self.stepper.drop(keep)
-
-
-class MODw2sFusedGuide(FusedGuide):
-    """Base, reference and policies in ONE forward of the base model's weights (guide backbone =
-    base). The reference is the base model without adapter, so when both get the same prompt
-    tokens the base lane serves as the reference (lanes: base, policies); with different
-    templates it gets its own plain lane (lanes: base, reference, policies)."""
-
-    def __init__(self, model: Any, num_policies: int, vocab_size: int, pad_token_id: int) -> None:
-        self.model, self.num_policies = model, num_policies
-        self.vocab_size, self.pad_token_id = vocab_size, pad_token_id
-        self.forwards_per_token = {"fused": 1}
-        self.lanes = 1 + num_policies
-        self.stepper: LaneStepper | None = None
-        self.alphas: torch.Tensor | None = None
-
-    def _split(self, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.alphas is not None, "prefill first"
-        reference = logprobs[self.lanes - 1 - self.num_policies]
-        return logprobs[0], mix_policies(self.alphas, reference, logprobs[-self.num_policies :])
-
-    def prefill(
-        self, prompt_ids: list[list[int]], guide_prompt_ids: list[list[int]], alphas: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        plain = [prompt_ids] if guide_prompt_ids == prompt_ids else [prompt_ids, guide_prompt_ids]
-        self.model.lane_layout.set(n_plain=len(plain), adapters=range(self.num_policies))
-        self.lanes = len(plain) + self.num_policies
-        self.stepper = LaneStepper(self.model, self.lanes, self.vocab_size, self.pad_token_id)
-        self.alphas = alphas.to(self.stepper.device, torch.float32)
-        policies = [guide_prompt_ids] * self.num_policies
-        # one prefill per prompt and lane: the same groups in every lane keep the lanes equal
-        groups = [prompt_groups(prompt_ids, guide_prompt_ids)] * self.lanes
-        return self._split(self.stepper.prefill([*plain, *policies], groups))
-
-    def step(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.stepper is not None, "prefill first"
-        return self._split(self.stepper.step(token_ids))
-
-    def drop(self, keep: torch.Tensor) -> None:
-        assert self.stepper is not None and self.alphas is not None, "prefill first"
-        self.alphas = self.alphas.index_select(0, keep.to(self.alphas.device))
-        self.stepper.drop(keep)
+def lane_weights(alphas: torch.Tensor) -> torch.Tensor:
+    """MOD-w2s's guidance (METHODS §6.2), the one place its formula is written:
+    ``sum_i alpha_i (log pi_i^S - log pi_ref^S)`` as lanes ``[reference, policy_1..k]`` with
+    weights ``w_ref = -sum_i alpha_i`` and ``w_i = alpha_i``; ``alphas (B, k) -> (1 + k, B)``."""
+    return torch.cat([-alphas.sum(dim=1, keepdim=True).T, alphas.T])
 
 
 @register_method("mod_w2s")
@@ -353,7 +221,14 @@ class MODw2s(Method):
         super().__init__(config)
         self.config: MODw2sConfig = config
 
-    def train(self, task: Task, splits: Splits, spec: RunSpec, out_dir: Path) -> None:
+    def train(
+        self,
+        task: Task,
+        splits: Splits,
+        spec: RunSpec,
+        out_dir: Path,
+        trainer: TrainerSettings | None = None,
+    ) -> None:
         cfg = self.config
         tok = load_tokenizer(spec.guide_model)
         template = spec.templates.get(spec.guide_model)
@@ -376,6 +251,7 @@ class MODw2s(Method):
                 cfg,
                 bf16=spec.dtype == "bfloat16",
                 output_dir=str(out_dir / ".trainer"),
+                trainer=trainer,
             )
             policy.save_pretrained(out_dir / objective, safe_serialization=True)
             report[objective] = {"pairs": len(rows), **dataclasses.asdict(result)}
@@ -384,31 +260,17 @@ class MODw2s(Method):
             out_dir, self.name, task.objectives, spec.guide_model, cfg, report, reference=REFERENCE
         )
 
-    def guide(self, artifacts: Path, task: Task, models: ModelContext) -> Guide | FusedGuide:
-        """The guide for ``models``: policies and reference as lanes of one forward, of the base
-        model itself when it is the guide backbone (fused with the base rows), else of one copy
-        of the small backbone; with ``models.fuse`` False, separate forwards (peft adapters on
-        one copy, the reference on another)."""
+    def guide_spec(self, artifacts: Path, task: Task, models: ModelContext) -> GuideSpec:
+        """Lanes ``[reference, policy_1..k]``: pi_ref^S is the guide backbone without adapter
+        (when it is the base model, the engine reuses the base's own rows), each policy the
+        backbone plus its LoRA; weighted by :func:`lane_weights`."""
         stored = json.loads((artifacts / GUIDE_CONFIG).read_text())
         check_objectives(stored["objectives"], task, artifacts)
         check_guide_backbone(stored["guide_model"], models, artifacts)
-        names = list(task.objectives)
-        if models.fuse:
-            paths = [artifacts / stored["adapters"][name] for name in names]
-            adapters = [read_peft_lora(p, name) for p, name in zip(paths, names, strict=True)]
-            vocab, pad = models.vocab_size, models.guide_tokenizer.pad_token_id
-            if models.fused:
-                inject_multi_lora(models.base, adapters)
-                return MODw2sFusedGuide(models.base, len(names), vocab, pad)
-            backbone = models.load_guide_backbone()
-            inject_multi_lora(backbone, adapters)
-            return MODw2sLaneGuide(backbone, len(names), vocab, pad)
-        policies = load_objective_adapters(models.load_guide_backbone(), artifacts, stored, names)
-        # pi_ref^S is the guide backbone itself: when it is the base model, share its weights
-        reference = models.base if models.same_backbone else models.load_guide_backbone()
-        return MODw2sGuide(
-            policies, names, reference, models.vocab_size, models.guide_tokenizer.pad_token_id
+        policies = tuple(
+            Lane(LoRA(artifacts / stored["adapters"][name], name)) for name in task.objectives
         )
+        return GuideSpec((Lane(), *policies), lane_weights)
 
     def random_guide(self, task: Task, models: ModelContext, out_dir: Path, seed: int) -> None:
         """k LoRA policies of the configured shape with random weights, saved as :meth:`train`

@@ -14,7 +14,8 @@ config field or a small function, so a better-informed variant is a config chang
    vector is ``o(alpha) = sum_i alpha_i e_i``. mobench scales each ``e_i`` to unit length
    (``unit_descriptors``; see its help for why). E is computed once at training time and saved
    with the adapters (it is not trained and not counted as a trainable parameter).
-2. **MoSLoRA layer** [RECON] (:class:`~mobench.methods.adapters.MoSLoRALinear`) on q/k/v: shared
+2. **MoSLoRA layer** [RECON] (:class:`ModulatedLoRALinear`, below; named so as not to be taken
+   for the unrelated "Mixture-of-Subspaces LoRA", also called MoSLoRA) on q/k/v: shared
    ``u = A dropout(x)`` (rank r), ``[gamma; delta] = G o(alpha)``, ``u' = (1 + gamma) * u +
    delta``, output ``+= s B u'`` with ``s = lora_alpha / r``; B = 0 and G = 0 at init (the
    layer starts as the base model with identity modulation).
@@ -40,22 +41,161 @@ code, METHODS §4.2), because UniARM's are unknown. ``global_loss_weight`` (lamb
 source: it weights the global term like the per-dimension sum (whose alpha weights also sum to 1);
 0 gives the architecture-only ablation the reviews mention.
 
-Save/load and the objective-order check are PARM's (:class:`~mobench.methods.parm.PreferenceARM`).
+Training, save/load and the objective-order check are shared with PARM
+(:class:`~mobench.methods.preference_arm.PreferenceARM`).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from mobench.methods.adapters import MoSLoRALinear, PreferenceContext, inject_adapters
-from mobench.methods.parm import PreferenceARM, PreferenceARMConfig
+import torch.nn.functional as F
+from mobench.methods.preference_arm import (
+    PreferenceAdapterLinear,
+    PreferenceARM,
+    PreferenceARMConfig,
+    PreferenceContext,
+    accumulate_update,
+    add_on_active_rows,
+    inject_adapters,
+)
+from torch import Tensor, nn
 
 from mobench.config import ConfigError
 from mobench.registry import register_method
+
+
+class ModulatedLoRALinear(PreferenceAdapterLinear):
+    """UniARM's MoSLoRA layer — a RECONSTRUCTION (METHODS §5; no code or paper body exists).
+
+    A preference-agnostic LoRA extracts shared features ``u = A dropout(x)`` (r of them); a
+    preference-modulation module applies a FiLM-style affine map to them, conditioned on the
+    alpha-mixed objective representation ``o(alpha) = alpha @ E`` (E: frozen descriptor
+    embeddings, ``context.descriptors``)::
+
+        [gamma; delta] = G o(alpha)          G (2r x d), trainable, init 0 (identity modulation)
+        u' = (1 + gamma) * u + delta
+        h  = W0 x + s * B u',  s = lora_alpha / r,  B init 0, A kaiming-uniform(a=sqrt 5)
+
+    With G = 0 this is plain LoRA of rank r. The modulation is input-independent, so it costs
+    one (B, d) x (d, 2r) product per layer and forward.
+
+    Trainable parameters (r, in m, out n, descriptor dim d, M wrapped modules):
+
+    - ``modulation="linear"``: one G per module, ``r(m+n) + 2 r d`` per module. On LLaMA-7B
+      (m = n = d = 4096, r = 8) the G's double the LoRA count: about PARM's budget x 2.
+    - ``modulation="shared"``: one G for the whole model (owned by the context),
+      ``M r(m+n) + 2 r d`` in total — with r = r1 + r2 this matches PARM's budget up to
+      2rd - M(r1^2 + k r2^2), the "no extra parameters" reading of UniARM's claim.
+
+    Args:
+        base: the frozen W0 (out n x in m).
+        context: the model's :class:`PreferenceContext`, built with ``descriptors=E``.
+        r: rank of the shared features.
+        lora_alpha: scale numerator, s = lora_alpha / r.
+        dropout: dropout on the adapter's input.
+        modulation: ``"linear"`` (per-module G) or ``"shared"`` (one model-wide G).
+        dtype: dtype of the adapter parameters, in which the forward computes (the input is
+            cast up; the sum with the base output is rounded once to the base's dtype).
+    """
+
+    moslora_A: nn.Parameter
+    moslora_B: nn.Parameter
+    moslora_G: nn.Parameter | None
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        context: PreferenceContext,
+        r: int = 8,
+        lora_alpha: float = 16.0,
+        dropout: float = 0.0,
+        modulation: Literal["linear", "shared"] = "linear",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(base, context, dropout)
+        if r < 1:
+            raise ValueError(f"MoSLoRA needs r >= 1, got {r}")
+        if modulation not in ("linear", "shared"):
+            raise ValueError(f"unknown modulation {modulation!r}; known: linear, shared")
+        self.r, self.modulation = r, modulation
+        self.scaling = lora_alpha / r
+        d = context.descriptors.shape[1]
+        self.moslora_A = self._new_parameter(r, self.in_features, dtype=dtype)
+        self.moslora_B = self._new_parameter(self.out_features, r, dtype=dtype)
+        if modulation == "linear":
+            self.moslora_G = self._new_parameter(2 * r, d, dtype=dtype)
+        else:
+            self.register_parameter("moslora_G", None)
+            context.shared_modulation(r)  # created once, checked for a matching rank
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """§5 init: A kaiming-uniform(a=sqrt 5); B = 0 and G = 0, so the layer starts as W0 x
+        exactly and the modulation as the identity. A shared G is left alone."""
+        nn.init.kaiming_uniform_(self.moslora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.moslora_B)
+        if self.moslora_G is not None:
+            nn.init.zeros_(self.moslora_G)
+
+    def modulation_matrix(self) -> Tensor:
+        """G ``(2r, d)``: this module's own, or the context's shared one."""
+        if self.moslora_G is not None:
+            return self.moslora_G
+        return self.context.shared_modulation(self.r)
+
+    def film(self, alphas: Tensor) -> tuple[Tensor, Tensor]:
+        """(gamma, delta), each ``(B, r)``: ``[gamma; delta] = G (alpha @ E)`` (§5 step 2)."""
+        G = self.modulation_matrix()
+        mixed = alphas.to(G.dtype) @ self.context.descriptors.to(G.dtype)  # o(alpha), (B, d)
+        gamma, delta = F.linear(mixed, G).split(self.r, dim=-1)
+        return gamma, delta
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base_layer(x)
+        if self.context.off:  # no row of this forward runs the adapter
+            return out
+        tail = self._inference_tail(x)
+        if tail is not None:
+            return self._inference_forward(x, out, tail)
+        alphas, active = self.context.rows(x)
+        # the adapter's own dtype (fp32 by default, also on a bf16 backbone; x is cast up)
+        dt, batch = self.moslora_A.dtype, x.shape[0]
+        u = F.linear(self.dropout(x.to(dt)), self.moslora_A).reshape(batch, -1, self.r)
+        gamma, delta = (t.to(dt) for t in self.film(alphas))
+        u = (1 + gamma[:, None]) * u + delta[:, None]  # per-row scale and shift of the features
+        update = F.linear(u * self.scaling, self.moslora_B.to(dt))
+        return add_on_active_rows(out, update.reshape(out.shape), active)
+
+    def _inference_forward(self, x: Tensor, out: Tensor, tail: int) -> Tensor:
+        """The same update for decoding: only on the active rows ``x[tail:]``, with each row's
+        scaled FiLM ``s (1 + gamma)`` and ``s delta`` built once per alpha change."""
+        n = x.shape[0] - tail
+        if n == 0:
+            return out
+        dt = self.moslora_A.dtype  # fp32 by default, whatever the backbone's dtype
+        scale, shift = self._cached(dt, n, lambda: self._scaled_film(tail, n, dt))
+        x_rows, out_rows = self._tail_rows(x, out, tail)
+        u = F.linear(x_rows.to(dt), self.moslora_A).view(n, -1, self.r)
+        u = torch.addcmul(shift[:, None], u, scale[:, None])  # s ((1 + gamma) u + delta)
+        accumulate_update(out_rows, u.view(-1, self.r), self.moslora_B.t())
+        return out
+
+    def _scaled_film(self, tail: int, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        alphas = self.context.alphas
+        assert alphas is not None
+        rows = alphas.expand(n, -1) if alphas.ndim == 1 else alphas[tail:]
+        gamma, delta = self.film(rows.to(self.moslora_A.device))
+        return ((1 + gamma) * self.scaling).to(dtype), (delta * self.scaling).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, scaling={self.scaling:g}, modulation={self.modulation}"
+
 
 #: METHODS §5 step 1's examples of short objective descriptions.
 DEFAULT_DESCRIPTIONS = {"helpful": "helpfulness", "harmless": "harmlessness", "humor": "humor"}
@@ -172,7 +312,7 @@ class UniARM(PreferenceARM):
             E = torch.zeros(len(objectives), embeddings.shape[1], device=embeddings.device)
         context = PreferenceContext(len(objectives), descriptors=E)
         factory = functools.partial(
-            MoSLoRALinear,
+            ModulatedLoRALinear,
             context=context,
             r=cfg.r,
             lora_alpha=cfg.lora_alpha,

@@ -321,7 +321,7 @@ def _prompts(preset: BenchPreset, models: BenchModels) -> list[PreferencePair]:
 
     task = get_task(OBJECTIVES_TASK)()
     if preset.base_model is not None:
-        from mobench.pipeline import resolve_spec
+        from mobench.resolve import resolve_spec
 
         spec = resolve_spec(OBJECTIVES_TASK, "genarm", "tiny", device="cpu")
         pairs = task.load(spec).test[: preset.prompts]
@@ -666,8 +666,8 @@ def run_bench(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run ``preset``; write the result JSON into ``out_dir`` (if given) and return it."""
+    from mobench.environment import environment_info
     from mobench.models import cpu_has_native_bf16, resolve_device
-    from mobench.pipeline import environment_info
     from mobench.registry import get_task
 
     device = resolve_device(preset.device)

@@ -244,6 +244,8 @@ def run(
 ) -> None:
     """Train a method's guide, generate over the alpha grid, score, and compute HV and MIP."""
     from mobench import pipeline
+    from mobench.models import Placement
+    from mobench.resolve import describe_run, resolve_spec
     from mobench.sharding import check_device_map, resolve_shard
 
     try:
@@ -252,12 +254,10 @@ def run(
         if max_new_tokens is not None and max_new_tokens < 1:
             raise ConfigError("--max-new-tokens must be at least 1")
         this_shard = resolve_shard(shard)
-        placement = pipeline.Placement(
-            device_map=_parse_device_map(device_map), guide_device=guide_device
-        )
+        placement = Placement(device_map=_parse_device_map(device_map), guide_device=guide_device)
         check_device_map(placement.device_map, this_shard)
         extra_training = _read_trainer_config(trainer_config)
-        spec = pipeline.resolve_spec(
+        spec = resolve_spec(
             task,
             method,
             preset,
@@ -276,7 +276,7 @@ def run(
             identify=not dry_run,
         )
         if dry_run:
-            _print_dry_run(pipeline.describe_run(spec), out or pipeline.default_run_dir(spec))
+            _print_dry_run(describe_run(spec), out or pipeline.default_run_dir(spec))
             return
         run_dir = out or pipeline.default_run_dir(spec)
         where = f" (shard {this_shard})" if this_shard else ""

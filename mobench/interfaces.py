@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     import torch
 
     from mobench.config import RunSpec
+    from mobench.engine import GuideSpec
     from mobench.models import ModelContext
+    from mobench.training import TrainerSettings
 
 
 class Scorer(ABC):
@@ -44,10 +46,12 @@ class Scorer(ABC):
 
 
 class Guide(ABC):
-    """What a method contributes at decoding time: per-row guidance log-probs for the next token.
+    """Per-row guidance log-probs for the next token, as the decoding loop consumes them.
 
-    The decoding loop owns the base model; a guide owns its own models and KV caches. Rows are
-    (prompt, alpha) pairs; rows leave the batch when they finish (:meth:`drop`).
+    The engine (:mod:`mobench.engine`) builds one from a method's :meth:`Method.guide_spec`;
+    methods do not implement this. The decoding loop owns the base model; a guide owns its own
+    models and KV caches. Rows are (prompt, alpha) pairs; rows leave the batch when they finish
+    (:meth:`drop`).
     """
 
     #: per generated token, how many forward passes each model makes (e.g.
@@ -83,8 +87,8 @@ class FusedGuide(ABC):
 
     The decoding loop then runs no base model of its own: each call returns the base log-probs
     and the guidance, and the loop combines them exactly as for a :class:`Guide`
-    (``base + guidance / beta``). A method returns one when the guide model is the base model
-    (``ModelContext.fused``); with a different guide model it returns a plain :class:`Guide`.
+    (``base + guidance / beta``). The engine builds one when the guide model is the base model
+    (``ModelContext.fused``); with a different guide model it builds a plain :class:`Guide`.
     """
 
     #: as :attr:`Guide.forwards_per_token`; the fused forward is counted under "fused".
@@ -206,15 +210,35 @@ class Method(ABC):
         self.config = config
 
     @abstractmethod
-    def train(self, task: Task, splits: Splits, spec: RunSpec, out_dir: Path) -> None:
-        """Train the guide on ``splits.train`` and save everything :meth:`guide` needs (weights in
-        safetensors, a config recording the objective order) into ``out_dir``."""
+    def train(
+        self,
+        task: Task,
+        splits: Splits,
+        spec: RunSpec,
+        out_dir: Path,
+        trainer: TrainerSettings | None = None,
+    ) -> None:
+        """Train the guide on ``splits.train`` and save everything :meth:`guide_spec` needs
+        (weights in safetensors, a config recording the objective order) into ``out_dir``.
+        ``trainer`` (extra TrainingArguments, a progress hook) goes to the trainer as is."""
 
     @abstractmethod
+    def guide_spec(self, artifacts: Path, task: Task, models: ModelContext) -> GuideSpec | None:
+        """What the trained guide in ``artifacts`` is at decoding time: its lanes (the guide
+        backbone, with a LoRA or an alpha-conditioned adapter each) and their linear weights per
+        row (:class:`mobench.engine.GuideSpec`). None decodes the base model alone. The core
+        decides how the lanes run (fused, weak-to-strong, separate); a method writes no speed
+        code."""
+
     def guide(self, artifacts: Path, task: Task, models: ModelContext) -> Guide | FusedGuide | None:
-        """Load the trained guide from ``artifacts`` for decoding with ``models``: a
-        :class:`FusedGuide` on ``models.base`` when ``models.fused``, else a :class:`Guide`;
-        None decodes the base model alone."""
+        """The guide for ``models``, built by the core's engine from :meth:`guide_spec`: a
+        :class:`FusedGuide` on ``models.base`` when ``models.fused``, else a :class:`Guide`."""
+        spec = self.guide_spec(artifacts, task, models)
+        if spec is None:
+            return None
+        from mobench.engine import build_guide
+
+        return build_guide(spec, models)
 
     @abstractmethod
     def trainable_parameters(self, artifacts: Path) -> int:

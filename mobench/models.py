@@ -18,6 +18,7 @@ different sets of weights, so runs, guide caches and scorer caches key on the id
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -29,9 +30,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from mobench.config import RunSpec
 
 log = logging.getLogger("mobench")
 
@@ -524,3 +528,103 @@ def safetensors_numel(files: list[Path]) -> int:
                     n *= d
                 total += n
     return total
+
+
+# ------------------------------------------------------------------ a run's models
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where models go when they do not fit one device (not part of the spec: results do not
+    depend on it).
+
+    Attributes:
+        device_map: the base model's ``from_pretrained`` device map: ``"auto"`` (spread over
+            every visible GPU, then CPU), ``"balanced"``, or an explicit module -> device dict.
+        guide_device: the device the guides are loaded on (default: the spec's device).
+    """
+
+    device_map: str | dict[str, Any] | None = None
+    guide_device: str | None = None
+
+
+def load_tokenizers(spec: RunSpec) -> tuple[Any, Any, int]:
+    """The base and guide tokenizers and the size of the vocabulary they share.
+
+    Raises:
+        ModelError: the guide's tokenizer maps some shared id to another token than the base's
+            (weak-to-strong guidance needs one vocabulary).
+    """
+    base_tok = load_tokenizer(spec.base_model)
+    same = spec.guide_model == spec.base_model
+    guide_tok = base_tok if same else load_tokenizer(spec.guide_model)
+    vocab = shared_vocab_size(base_tok, guide_tok, (spec.base_model, spec.guide_model))
+    return base_tok, guide_tok, vocab
+
+
+def load_models(spec: RunSpec, placement: Placement | None = None) -> ModelContext:
+    """The base model (placed by ``placement``), both tokenizers and the vocabulary they share,
+    as the :class:`ModelContext` a run's guide is built against."""
+    placement = placement or Placement()
+    base, base_resolved = load_causal_lm(
+        spec.base_model, dtype=spec.dtype, device=spec.device, device_map=placement.device_map
+    )
+    base_tok, guide_tok, vocab = load_tokenizers(spec)
+    # a padded LM head (more rows than the tokenizer, e.g. Qwen2.5, Alpaca) is cut to the shared
+    # tokenizer range; a head with fewer rows than its tokenizer narrows the range instead
+    vocab = min(vocab, logit_rows(base))
+    return ModelContext(
+        base=base,
+        base_tokenizer=base_tok,
+        base_source=spec.base_model,
+        guide_tokenizer=guide_tok,
+        guide_source=spec.guide_model,
+        vocab_size=vocab,
+        dtype=spec.dtype,
+        device=placement.guide_device or spec.device,
+        resolved={"base": base_resolved},
+    )
+
+
+def eos_ids(tokenizer: Any, model: Any, vocab_size: int | None = None) -> set[int]:
+    """Every id that ends a response: the tokenizer's EOS and the model's generation EOS ids.
+
+    With ``vocab_size`` (the vocabulary base and guide share), ids past it are left out: decoding
+    can never pick them.
+    """
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(int(i) for i in gen_eos)
+    if not ids:
+        raise ModelError("the base tokenizer has no EOS token; set one in its tokenizer config")
+    if vocab_size is not None:
+        usable = {i for i in ids if i < vocab_size}
+        if not usable:
+            raise ModelError(
+                f"the base model's EOS ids {sorted(ids)} lie outside the {vocab_size} token ids "
+                "it shares with the guide, so no response could end; use a guide model with the "
+                "base's full tokenizer"
+            )
+        ids = usable
+    return ids
+
+
+def model_record(spec: RunSpec, models: Any) -> dict[str, Any]:
+    """models.json: per model role, the source string, the identity of its weights, where it
+    was loaded from, and whether its prompts start with BOS (the rule of
+    :func:`mobench.training.uses_bos`, used alike in training, decoding and scoring)."""
+    from mobench.training import uses_bos
+
+    out: dict[str, Any] = {
+        role: {"source": source, "identity": spec.models.get(source), "bos": uses_bos(tok)}
+        for role, source, tok in (
+            ("base", spec.base_model, models.base_tokenizer),
+            ("guide", spec.guide_model, models.guide_tokenizer),
+        )
+    }
+    if "base" in models.resolved:
+        out["base"]["loaded_from"] = dataclasses.asdict(models.resolved["base"])
+    return out

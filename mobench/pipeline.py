@@ -1,44 +1,38 @@
-"""One run, start to finish: resolve the spec, load data, train, generate, score, metrics.
+"""One run, start to finish: data, train, generate, score, metrics.
 
 Each step reads only what the step before it wrote into the run directory, so a run can stop
 anywhere (an exception, Ctrl-C, a killed job) and a re-run of the same spec does only what is
-missing.
+missing. What a step needs from elsewhere lives there: the spec's resolution and the dry run in
+:mod:`mobench.resolve`, environment capture in :mod:`mobench.environment`, model loading in
+:mod:`mobench.models`, the run directory's files (and the score matrix) in :mod:`mobench.runs`,
+and the guides' decoding in :mod:`mobench.engine`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
 import hashlib
 import itertools
 import json
-import math
 import os
-import platform
-import resource
 import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from mobench import __version__, allocator
-from mobench.config import (
-    ConfigError,
-    RunSpec,
-    alpha_grid,
-    apply_overrides,
-    parse_alphas,
-)
-from mobench.data import DATA_DIR_PREFIX, PreferencePair, resolve_data_dir_refs
+from mobench import allocator
+from mobench.config import ConfigError, RunSpec
+from mobench.data import PreferencePair
+from mobench.environment import environment
 from mobench.interfaces import Method, Task
-from mobench.registry import METHODS, get_method, get_preset, get_task
-from mobench.runs import IncompleteShardsError, RunDirectory, RunDirError
+from mobench.registry import get_method, get_preset, get_task
+from mobench.resolve import identify_models, method_from_spec
+from mobench.runs import IncompleteShardsError, RunDirectory, RunDirError, score_matrix
 from mobench.sharding import (
     Shard,
     agree_with_rank_0,
@@ -47,6 +41,9 @@ from mobench.sharding import (
     shard_items,
     wait_for_file,
 )
+
+if TYPE_CHECKING:
+    from mobench.models import Placement
 
 DEFAULT_RUNS_ROOT = Path("runs")
 
@@ -68,279 +65,6 @@ class NullProgress:
 
     def log(self, message: str) -> None:
         pass
-
-
-# --------------------------------------------------------------------------------- the spec
-
-
-def resolve_spec(
-    task: str,
-    method: str,
-    preset: str = "tiny",
-    *,
-    base_model: str | None = None,
-    guide_model: str | None = None,
-    data: str | None = None,
-    limit: int | None = None,
-    seed: int | None = None,
-    max_new_tokens: int | None = None,
-    alphas: str | None = None,
-    grid: str | None = None,
-    dtype: str | None = None,
-    device: str = "auto",
-    overrides: dict[str, dict[str, Any]] | None = None,
-    data_dir: str | Path | None = None,
-    identify: bool = True,
-) -> RunSpec:
-    """Combine a task, a method and a preset with command-line overrides into a RunSpec.
-
-    ``data_dir`` is a local copy of the data sets (``--data-dir``): ``data-dir:`` references in
-    the data and scorer strings point into it, and a hub data source is replaced by the task's
-    local copy there (:meth:`Task.local_data`).
-
-    With ``identify`` (the default) every model is identified (:func:`identify_models`; hashes
-    weight files once, may ask the hub for a revision); ``--dry-run`` passes False.
-    """
-    from mobench.models import resolve_device, resolve_dtype
-    from mobench.training import ARMTrainingConfig, check_training_config
-
-    overrides = overrides or {}
-    if seed is not None and seed < 0:
-        raise ConfigError("--seed must be >= 0")
-    task_cls = get_task(task)
-    method_cls = get_method(method)
-    p = get_preset(task, preset)
-    if overrides.get("preset"):
-        p = apply_overrides(p, overrides["preset"])
-    gen = p.generation
-    if max_new_tokens is not None:
-        gen = dataclasses.replace(gen, max_new_tokens=max_new_tokens)
-    if seed is not None:
-        gen = dataclasses.replace(gen, seed=seed)
-    if overrides.get("generation"):
-        gen = apply_overrides(gen, overrides["generation"])
-    method_config = method_cls.config_cls()
-    if method_cls.trains:  # the preset's training sizes are for trained guides only
-        method_config = apply_overrides(method_config, dict(p.training))
-        unknown = sorted(set(p.method_training) - set(METHODS.names()))
-        if unknown:  # a misspelt method name would silently drop its overrides
-            raise ConfigError(
-                f"preset {p.task}/{p.name}: method_training names unknown method(s) "
-                f"{', '.join(unknown)}; known: {', '.join(METHODS.names())}"
-            )
-        method_config = apply_overrides(method_config, dict(p.method_training.get(method, {})))
-        if seed is not None:
-            method_config = apply_overrides(method_config, {"seed": seed})
-    if overrides.get("method"):
-        method_config = apply_overrides(method_config, overrides["method"])
-    if isinstance(method_config, ARMTrainingConfig):
-        check_training_config(method_config)
-    objectives = tuple(task_cls.objectives)
-    if alphas is not None:
-        grid_name, grid_arr = "custom", parse_alphas(alphas, objectives)
-    else:
-        grid_name = grid or p.grid
-        grid_arr = alpha_grid(grid_name, len(objectives))
-    if len(p.hv_ref_point) != len(objectives):
-        raise ConfigError(
-            f"preset {p.task}/{p.name} has a {len(p.hv_ref_point)}-D HV reference point but the "
-            f"task has {len(objectives)} objectives"
-        )
-    if limit is not None and limit < 1:
-        raise ConfigError("--limit must be at least 1")
-    _check_preset(p)
-    dev = resolve_device(device)
-    base = base_model or p.base_model
-    data_source = data or p.data
-    if data_dir is not None and not data and DATA_DIR_PREFIX not in data_source:
-        data_source = task_cls.local_data(Path(data_dir), data_source)
-    data_source = resolve_data_dir_refs(data_source, data_dir)
-    scorers = {o: resolve_data_dir_refs(s, data_dir) for o, s in p.scorers.items()}
-    task_options = _task_options(task_cls, p.task_options, overrides.get("task", {}))
-    check_generation(gen)
-    scorer_dtype = resolve_dtype(p.scorer_dtype, dev)
-    spec = RunSpec(
-        task=task,
-        method=method,
-        preset=preset,
-        objectives=objectives,
-        base_model=base,
-        guide_model=guide_model or p.guide_model or base,
-        data=data_source,
-        split_sizes=p.split_sizes,
-        split_seed=p.split_seed if seed is None else seed,
-        test_limit=limit if limit is not None else p.test_limit,
-        grid=grid_name,
-        alphas=tuple(tuple(float(a) for a in row) for row in grid_arr),
-        generation=gen,
-        method_config=_plain(dataclasses.asdict(method_config)),
-        scorers=scorers,
-        hv_ref_point=tuple(float(v) for v in p.hv_ref_point),
-        dtype=resolve_dtype(dtype or p.dtype, dev),
-        device=dev,
-        templates=dict(p.templates),
-        task_options=task_options,
-        scorer_dtype=scorer_dtype,
-    )
-    return dataclasses.replace(spec, models=identify_models(spec)) if identify else spec
-
-
-def _check_preset(p: Any) -> None:
-    """The preset's sizes (``--set preset.X=V`` may have changed them) make sense."""
-    if len(p.split_sizes) != 3 or any(n < 0 for n in p.split_sizes) or p.split_sizes[2] < 1:
-        raise ConfigError(
-            f"preset.split_sizes={list(p.split_sizes)}; give [train, validation, test] with "
-            "counts >= 0 and at least 1 test row"
-        )
-    if p.test_limit is not None and p.test_limit < 1:
-        raise ConfigError(f"preset.test_limit={p.test_limit}; it must be at least 1 or null")
-    if p.batch_size < 1:
-        raise ConfigError(f"preset.batch_size={p.batch_size}; it must be at least 1")
-    if p.split_seed < 0:
-        raise ConfigError(f"preset.split_seed={p.split_seed}; it must be >= 0")
-
-
-def identify_models(spec: RunSpec) -> dict[str, str]:
-    """Every model string of the run (base, guide backbone, each scorer spec) -> the identity
-    of the weights it stands for (:func:`mobench.models.model_identity`)."""
-    from mobench.models import model_identity
-
-    task = get_task(spec.task)()
-    out = {spec.base_model: model_identity(spec.base_model)}
-    out.setdefault(spec.guide_model, model_identity(spec.guide_model))
-    for objective, scorer in spec.scorers.items():
-        out[scorer] = task.scorer_identity(scorer, objective)
-    return out
-
-
-def check_generation(gen: Any) -> None:
-    """Refuse generation settings no run can use, before anything loads.
-
-    Raises:
-        ConfigError: naming the field and what it must be.
-    """
-    if isinstance(gen.max_new_tokens, bool) or not isinstance(gen.max_new_tokens, int):
-        raise ConfigError(f"max_new_tokens={gen.max_new_tokens!r}; give a whole number >= 1")
-    if gen.max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens={gen.max_new_tokens}; it must be at least 1")
-    if not isinstance(gen.sampling, bool):
-        raise ConfigError(f"generation.sampling={gen.sampling!r}; use true or false")
-    if isinstance(gen.seed, bool) or not isinstance(gen.seed, int):
-        raise ConfigError(f"seed={gen.seed!r}; give a whole number")
-    for name, low, high in (("temperature", 0.0, None), ("top_p", 0.0, 1.0), ("beta", 0.0, None)):
-        value = getattr(gen, name)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = ok and math.isfinite(value) and value > low and (high is None or value <= high)
-        if not ok:
-            bound = f"in (0, {high:g}]" if high is not None else "a number > 0"
-            raise ConfigError(f"generation.{name}={value!r}; it must be {bound}")
-
-
-def _task_options(
-    task_cls: type[Task], preset_options: dict[str, Any], overrides: dict[str, Any]
-) -> dict[str, Any]:
-    """The task's default options, then the preset's, then ``--set task.X=V``; all checked."""
-    known = dict(task_cls.default_options)
-    for where, given in (("preset task_options", preset_options), ("--set task.", overrides)):
-        unknown = sorted(set(given) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"unknown task option(s) {', '.join(unknown)} in {where} for task "
-                f"'{task_cls.name}'; known: {', '.join(sorted(known)) or 'none'}"
-            )
-    options = {**known, **preset_options, **overrides}
-    task_cls.check_options(options)
-    return options
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def method_from_spec(spec: RunSpec) -> Method:
-    cls = get_method(spec.method)
-    fields = {f.name: f for f in dataclasses.fields(cls.config_cls)}
-    kwargs = {
-        k: tuple(v) if isinstance(v, list) and k in fields else v
-        for k, v in spec.method_config.items()
-    }
-    return cls(cls.config_cls(**kwargs))
-
-
-# ---------------------------------------------------------------------------- environment
-
-
-def environment(spec: RunSpec) -> dict[str, Any]:
-    """Versions and hardware, for provenance (env.json)."""
-    return environment_info(spec.device, spec.dtype)
-
-
-def environment_info(device: str, dtype: str) -> dict[str, Any]:
-    """Versions and hardware for a run on ``device`` in ``dtype`` (env.json, bench results)."""
-    import importlib.metadata as md
-
-    import torch
-
-    def version(pkg: str) -> str | None:
-        try:
-            return md.version(pkg)
-        except md.PackageNotFoundError:
-            return None
-
-    git_sha = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        git_sha = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=Path(__file__).parent,
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
-            or None
-        )
-    device_name = platform.processor() or platform.machine()
-    if device.startswith("cuda"):
-        device_name = torch.cuda.get_device_name(0)
-    return {
-        "mobench": __version__,
-        "git_sha": git_sha,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": {
-            p: version(p)
-            for p in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "pymoo")
-        },
-        "device": device,
-        "device_name": device_name,
-        "torch_threads": torch.get_num_threads(),
-        "malloc": allocator.describe(),
-        "dtype": dtype,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def peak_memory_mb(device: str) -> float:
-    """Peak memory of this process: GPU allocations on CUDA, resident set size on CPU."""
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _phase_meter(device: str) -> Any:
-    """A started :class:`mobench.memory.MemoryMeter`: the phase's own peak above its start
-    (not the process's lifetime peak, which the first model load sets)."""
-    from mobench.memory import MemoryMeter
-
-    meter = MemoryMeter(device)
-    meter.start()
-    return meter
 
 
 # ------------------------------------------------------------------------------- the run
@@ -385,10 +109,9 @@ def execute_run(
         placement: where the base model and guides go (big models); None = all on
             ``spec.device``.
         trainer_arguments: extra ``transformers.TrainingArguments`` for guide training
-            (DeepSpeed / FSDP configs, ...; see :func:`mobench.training.trainer_arguments`).
+            (DeepSpeed / FSDP configs, ...; given to the method as
+            :class:`mobench.training.TrainerSettings`).
     """
-    from mobench.training import trainer_arguments as use_trainer_arguments
-
     progress = progress or NullProgress()
     if spec.device == "cpu":
         allocator.reuse_freed_memory()  # per-token logits tensors: no page faults each token
@@ -409,10 +132,11 @@ def execute_run(
         # the data step may build scorers (relabelling): on this rank's device
         splits, test = _load_splits(run, task, work)
         if spec.guide_model != spec.base_model:
+            from mobench.models import load_tokenizers
+
             load_tokenizers(spec)  # weak-to-strong: refuse tokenizers that differ before training
         mine = shard_items(test, shard)
-        with use_trainer_arguments(trainer_arguments or {}):
-            _train(run, task, method, splits, work, progress)
+        _train(run, task, method, splits, work, progress, trainer_arguments or {})
         generated = _generate(run, task, method, mine, work, batch_size, progress, placement)
         scored = _score(run, task, mine, work, progress)
         run.set_status("complete", rows=len(mine) * len(spec.alphas))
@@ -490,6 +214,19 @@ def _update_timing(run: RunDirectory, phase: str, **values: Any) -> None:
     run.write(name, timing)
 
 
+def _phase_meter(device: str) -> Any:
+    """A started :class:`mobench.memory.MemoryMeter`: the phase's own peak above its start
+    (not the process's lifetime peak, which the first model load sets)."""
+    from mobench.memory import MemoryMeter
+
+    meter = MemoryMeter(device)
+    meter.start()
+    return meter
+
+
+# ----------------------------------------------------------------------------- 1. train
+
+
 def _train(
     run: RunDirectory,
     task: Task,
@@ -497,9 +234,10 @@ def _train(
     splits: Any,
     spec: RunSpec,
     progress: Progress,
+    trainer_arguments: dict[str, Any],
 ) -> None:
     from mobench.models import guide_cache_dir
-    from mobench.training import current_trainer_arguments, report_training_progress
+    from mobench.training import TrainerSettings
 
     if not method.trains:
         return
@@ -542,8 +280,7 @@ def _train(
             progress.start("train", total)
         progress.advance("train", 1)
 
-    with report_training_progress(on_update):
-        method.train(task, splits, spec, tmp)
+    method.train(task, splits, spec, tmp, TrainerSettings(trainer_arguments, on_update))
     if copy:
         shutil.rmtree(tmp, ignore_errors=True)
         _wait_for_guide(run, progress)
@@ -558,7 +295,7 @@ def _train(
         "peak_memory_method": meter.method,
         "guide_key": key,
         "processes": shard.count if shard is not None and shard.launched else 1,
-        "trainer_arguments": current_trainer_arguments(),
+        "trainer_arguments": dict(trainer_arguments),
     }
     (tmp / "train_timing.json").write_text(json.dumps(train_timing, indent=2))
     (tmp / "DONE").write_text("ok\n")
@@ -634,87 +371,7 @@ def _wait_for_guide(run: RunDirectory, progress: Progress) -> None:
         raise RunDirError(str(e)) from None
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where models go when they do not fit one device (not part of the spec: results do not
-    depend on it).
-
-    Attributes:
-        device_map: the base model's ``from_pretrained`` device map: ``"auto"`` (spread over
-            every visible GPU, then CPU), ``"balanced"``, or an explicit module -> device dict.
-        guide_device: the device the guides are loaded on (default: the spec's device).
-    """
-
-    device_map: str | dict[str, Any] | None = None
-    guide_device: str | None = None
-
-
-def load_tokenizers(spec: RunSpec) -> tuple[Any, Any, int]:
-    """The base and guide tokenizers and the size of the vocabulary they share.
-
-    Raises:
-        ModelError: the guide's tokenizer maps some shared id to another token than the base's
-            (weak-to-strong guidance needs one vocabulary).
-    """
-    from mobench.models import load_tokenizer, shared_vocab_size
-
-    base_tok = load_tokenizer(spec.base_model)
-    same = spec.guide_model == spec.base_model
-    guide_tok = base_tok if same else load_tokenizer(spec.guide_model)
-    vocab = shared_vocab_size(base_tok, guide_tok, (spec.base_model, spec.guide_model))
-    return base_tok, guide_tok, vocab
-
-
-def _load_models(spec: RunSpec, task: Task, placement: Placement | None = None) -> Any:
-    from mobench.models import ModelContext, load_causal_lm, logit_rows
-
-    placement = placement or Placement()
-    base, base_resolved = load_causal_lm(
-        spec.base_model, dtype=spec.dtype, device=spec.device, device_map=placement.device_map
-    )
-    base_tok, guide_tok, vocab = load_tokenizers(spec)
-    # a padded LM head (more rows than the tokenizer, e.g. Qwen2.5, Alpaca) is cut to the shared
-    # tokenizer range; a head with fewer rows than its tokenizer narrows the range instead
-    vocab = min(vocab, logit_rows(base))
-    return ModelContext(
-        base=base,
-        base_tokenizer=base_tok,
-        base_source=spec.base_model,
-        guide_tokenizer=guide_tok,
-        guide_source=spec.guide_model,
-        vocab_size=vocab,
-        dtype=spec.dtype,
-        device=placement.guide_device or spec.device,
-        resolved={"base": base_resolved},
-    )
-
-
-def eos_ids(tokenizer: Any, model: Any, vocab_size: int | None = None) -> set[int]:
-    """Every id that ends a response: the tokenizer's EOS and the model's generation EOS ids.
-
-    With ``vocab_size`` (the vocabulary base and guide share), ids past it are left out: decoding
-    can never pick them.
-    """
-    from mobench.models import ModelError
-
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(gen_eos, int):
-        ids.add(gen_eos)
-    elif gen_eos:
-        ids.update(int(i) for i in gen_eos)
-    if not ids:
-        raise ModelError("the base tokenizer has no EOS token; set one in its tokenizer config")
-    if vocab_size is not None:
-        usable = {i for i in ids if i < vocab_size}
-        if not usable:
-            raise ModelError(
-                f"the base model's EOS ids {sorted(ids)} lie outside the {vocab_size} token ids "
-                "it shares with the guide, so no response could end; use a guide model with the "
-                "base's full tokenizer"
-            )
-        ids = usable
-    return ids
+# -------------------------------------------------------------------------- 2. generate
 
 
 def plan_batches(
@@ -740,6 +397,7 @@ def _generate(
     import torch
 
     from mobench.decoding import guided_generate
+    from mobench.models import eos_ids, load_models, model_record
     from mobench.training import encode_prompt
 
     done = run.generations(allow_partial=True)
@@ -748,7 +406,7 @@ def _generate(
         return 0
     run.set_status("generating", done=len(done), todo=len(rows))
     progress.log("loading models for generation")
-    models = _load_models(spec, task, placement)
+    models = load_models(spec, placement)
     guide = method.guide(run.guide_dir, task, models)
     run.write("models.json", model_record(spec, models))
     base_template = spec.templates.get(spec.base_model)
@@ -844,28 +502,13 @@ def _generate(
     return len(rows)
 
 
-def model_record(spec: RunSpec, models: Any) -> dict[str, Any]:
-    """models.json: per model role, the source string, the identity of its weights, where it
-    was loaded from, and whether its prompts start with BOS (the rule of
-    :func:`mobench.training.uses_bos`, used alike in training, decoding and scoring)."""
-    from mobench.training import uses_bos
-
-    out: dict[str, Any] = {
-        role: {"source": source, "identity": spec.models.get(source), "bos": uses_bos(tok)}
-        for role, source, tok in (
-            ("base", spec.base_model, models.base_tokenizer),
-            ("guide", spec.guide_model, models.guide_tokenizer),
-        )
-    }
-    if "base" in models.resolved:
-        out["base"]["loaded_from"] = dataclasses.asdict(models.resolved["base"])
-    return out
-
-
 def row_seed(seed: int, prompt_id: str, alpha_index: int) -> int:
     """A per-row sampling seed that depends only on the row, never on batch composition."""
     digest = hashlib.sha256(f"{seed}:{prompt_id}:{alpha_index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+# ----------------------------------------------------------------------------- 3. score
 
 
 def _score(
@@ -940,30 +583,7 @@ def scoring_threads(device: str) -> Any:
         torch.set_num_threads(before)
 
 
-def score_matrix(
-    run: RunDirectory, prompt_ids: Sequence[str], spec: RunSpec
-) -> tuple[np.ndarray, dict[str, str]]:
-    """Scores as a (P, A, K) array in objective order, and each objective's scorer fingerprint.
-
-    Raises:
-        RunDirError: a score is missing, or one objective mixes scorers.
-    """
-    scores = run.scores()
-    n_a, objectives = len(spec.alphas), spec.objectives
-    out = np.full((len(prompt_ids), n_a, len(objectives)), np.nan)
-    fingerprints: dict[str, set[str]] = {o: set() for o in objectives}
-    for i, pid in enumerate(prompt_ids):
-        for a in range(n_a):
-            for k, obj in enumerate(objectives):
-                rec = scores.get((pid, a, obj))
-                if rec is None:
-                    raise RunDirError(f"{run.path}: no {obj} score for prompt {pid}, alpha {a}")
-                out[i, a, k] = rec["value"]
-                fingerprints[obj].add(rec["scorer"])
-    mixed = {o: f for o, f in fingerprints.items() if len(f) > 1}
-    if mixed:
-        raise RunDirError(f"{run.path}: scores from several scorers are mixed: {mixed}")
-    return out, {o: next(iter(f)) for o, f in fingerprints.items() if f}
+# --------------------------------------------------------------------------- 4. metrics
 
 
 def _metrics(
@@ -1043,83 +663,3 @@ def find_base_point(
             # base answers do not depend on alpha: its point is the mean over prompts and alphas
             return other_dir, cube.mean(axis=(0, 1))
     return None
-
-
-# ------------------------------------------------------------------------------- dry run
-
-
-def _model_origin(source: str) -> str:
-    """Where a model source would come from, decided without loading or converting it."""
-    from mobench.models import PACKAGED_MODELS
-
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return "local folder"
-    if path.suffix == ".gguf":
-        return "GGUF file (converted once to safetensors)"
-    if source in PACKAGED_MODELS:
-        return f"packaged alias of {PACKAGED_MODELS[source].hub_id}"
-    return "Hugging Face hub"
-
-
-def describe_run(spec: RunSpec) -> dict[str, Any]:
-    """What ``execute_run(spec)`` would load and do, and how much work it is, without loading
-    any model or data set (``mobench run --dry-run``)."""
-    from mobench.tasks.scorers import describe_scorer
-
-    task = get_task(spec.task)()
-    method_cls = get_method(spec.method)
-    n_train, _, n_test = spec.split_sizes
-    prompts = n_test if spec.test_limit is None else min(n_test, spec.test_limit)
-    rows = prompts * len(spec.alphas)
-    tokens = rows * spec.generation.max_new_tokens
-    per_token = method_cls.estimated_forwards_per_token(spec)
-    cfg = spec.method_config
-    train: dict[str, Any] = {"pairs_at_most": n_train}
-    for key in ("epochs", "max_steps", "per_device_batch_size", "gradient_accumulation_steps"):
-        if key in cfg:
-            train[key] = cfg[key]
-    generation: dict[str, Any] = {
-        "test_prompts": prompts,
-        "alphas": len(spec.alphas),
-        "rows": rows,
-        "max_new_tokens": spec.generation.max_new_tokens,
-        "generated_tokens_at_most": tokens,
-        "decoding": "sampling" if spec.generation.sampling else "greedy",
-        "beta": spec.generation.beta,
-    }
-    if per_token is not None:
-        # model evaluations per generated token (a fused forward counts each lane)
-        generation["evaluations_per_token"] = per_token
-        generation["model_evaluations_at_most"] = {m: n * tokens for m, n in per_token.items()}
-    else:
-        generation["evaluations_per_token"] = "not known before the guide is built"
-    models: dict[str, Any] = {
-        "base": {"source": spec.base_model, "from": _model_origin(spec.base_model)}
-    }
-    models["guide backbone"] = (
-        {"source": spec.guide_model, "from": _model_origin(spec.guide_model)}
-        if spec.guide_model != spec.base_model
-        else "same as base"
-    )
-    for role, source in (("base", spec.base_model), ("guide backbone", spec.guide_model)):
-        entry = models[role]
-        if source in spec.templates and isinstance(entry, dict):
-            entry["template"] = spec.templates[source]
-    if not spec.models:
-        models["identities"] = (
-            "resolved when the run starts (weights hashed once, hub ids by revision); they are "
-            "part of the spec, so the run directory's hash is known then"
-        )
-    return {
-        "run": spec.run_name,
-        "spec": spec.to_json(),
-        "models": models,
-        "data": task.describe_data(spec),
-        "scorers": {o: describe_scorer(spec.scorers[o], o) for o in spec.objectives},
-        "work": {
-            "train": train,
-            "generate": generation,
-            "score": {"responses": rows, "scorer_calls": rows * len(spec.objectives)},
-        },
-    }

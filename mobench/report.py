@@ -188,7 +188,7 @@ def load_run(path: Path, index: int) -> LoadedRun:
 
 def _rank_check(run: LoadedRun) -> list[str]:
     """Why ``run`` cannot be ranked ([] if it can); fills its score cube on success."""
-    from mobench.pipeline import score_matrix
+    from mobench.runs import score_matrix
 
     assert run.spec is not None
     if run.state != RANKED_STATE:

@@ -29,9 +29,11 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mobench.config import RunSpec
 from mobench.sharding import Shard, shard_of
@@ -331,3 +333,29 @@ class RunDirectory:
     @property
     def guide_dir(self) -> Path:
         return self.path / "guide"
+
+
+def score_matrix(
+    run: RunDirectory, prompt_ids: Sequence[str], spec: RunSpec
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Scores as a (P, A, K) array in objective order, and each objective's scorer fingerprint.
+
+    Raises:
+        RunDirError: a score is missing, or one objective mixes scorers.
+    """
+    scores = run.scores()
+    n_a, objectives = len(spec.alphas), spec.objectives
+    out = np.full((len(prompt_ids), n_a, len(objectives)), np.nan)
+    fingerprints: dict[str, set[str]] = {o: set() for o in objectives}
+    for i, pid in enumerate(prompt_ids):
+        for a in range(n_a):
+            for k, obj in enumerate(objectives):
+                rec = scores.get((pid, a, obj))
+                if rec is None:
+                    raise RunDirError(f"{run.path}: no {obj} score for prompt {pid}, alpha {a}")
+                out[i, a, k] = rec["value"]
+                fingerprints[obj].add(rec["scorer"])
+    mixed = {o: f for o, f in fingerprints.items() if len(f) > 1}
+    if mixed:
+        raise RunDirError(f"{run.path}: scores from several scorers are mixed: {mixed}")
+    return out, {o: next(iter(f)) for o, f in fingerprints.items() if f}

@@ -19,12 +19,10 @@ process or many, up to floating-point noise.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,34 +301,30 @@ SPEC_TRAINING_ARGUMENTS = frozenset(
     }
 )
 
-_TRAINER_ARGUMENTS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "mobench_trainer_arguments", default=None
-)
 
+@dataclass(frozen=True)
+class TrainerSettings:
+    """How a guide's training runs, given explicitly by the pipeline to ``Method.train`` and by
+    the method to its trainer (:func:`train_pairs`, or a trainer it builds itself).
 
-@contextlib.contextmanager
-def trainer_arguments(overrides: dict[str, Any]) -> Iterator[None]:
-    """Within the block, every :func:`train_pairs` passes ``overrides`` to TrainingArguments.
-
-    For infrastructure, not results: ``deepspeed`` (a DeepSpeed JSON path), ``fsdp`` and
-    ``fsdp_config``, ``gradient_checkpointing``, ``ddp_backend``, ``report_to``, ... The
-    pipeline sets it from ``mobench run --trainer-config FILE``; methods need not know.
-
-    Raises:
-        ConfigError: an unknown TrainingArguments field, or one the spec owns
-            (:data:`SPEC_TRAINING_ARGUMENTS`: set those with ``--set method.X=V``).
+    Attributes:
+        arguments: extra ``transformers.TrainingArguments`` for infrastructure, not results
+            (``mobench run --trainer-config FILE``): ``deepspeed`` (a DeepSpeed JSON path),
+            ``fsdp`` and ``fsdp_config``, ``gradient_checkpointing``, ``ddp_backend``,
+            ``report_to``, ... Checked on construction (:func:`check_trainer_arguments`).
+        on_update: called with (updates done, total updates) after each optimiser step (the
+            pipeline's progress bar); None reports nothing.
     """
-    check_trainer_arguments(overrides)
-    token = _TRAINER_ARGUMENTS.set(dict(overrides))
-    try:
-        yield
-    finally:
-        _TRAINER_ARGUMENTS.reset(token)
 
+    arguments: dict[str, Any] = field(default_factory=dict)
+    on_update: Callable[[int, int], None] | None = None
 
-def current_trainer_arguments() -> dict[str, Any]:
-    """The TrainingArguments overrides in effect (see :func:`trainer_arguments`)."""
-    return dict(_TRAINER_ARGUMENTS.get() or {})
+    def __post_init__(self) -> None:
+        check_trainer_arguments(self.arguments)
+
+    def callbacks(self) -> list[Any]:
+        """TrainerCallbacks that report to :attr:`on_update` (none without it)."""
+        return [update_progress_callback(self.on_update)] if self.on_update is not None else []
 
 
 def check_trainer_arguments(overrides: dict[str, Any]) -> None:
@@ -440,23 +434,6 @@ def _trainer_class() -> type:
     return PreferenceTrainer
 
 
-#: Called with (updates done, total updates) after each optimiser step of any training run in
-#: this context; the pipeline sets it to draw a progress bar without methods knowing about it.
-_PROGRESS_HOOK: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar(
-    "mobench_training_progress", default=None
-)
-
-
-@contextlib.contextmanager
-def report_training_progress(hook: Callable[[int, int], None]) -> Iterator[None]:
-    """Within this block, every :func:`train_pairs` call reports its updates to ``hook``."""
-    token = _PROGRESS_HOOK.set(hook)
-    try:
-        yield
-    finally:
-        _PROGRESS_HOOK.reset(token)
-
-
 @dataclass
 class TrainResult:
     steps: int
@@ -474,6 +451,7 @@ def train_pairs(
     pad_token_id: int,
     bf16: bool,
     output_dir: str,
+    trainer: TrainerSettings | None = None,
     callbacks: list[Any] | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters on ``pairs`` with ``pair_loss``.
@@ -481,8 +459,9 @@ def train_pairs(
     Runs under ``transformers.Trainer``: on one CPU, one GPU, or under ``accelerate launch`` /
     ``torchrun`` with several processes, data parallel with the same global batch (see
     :func:`data_parallel_batches`); DeepSpeed / FSDP come from the launcher's accelerate config
-    or from :func:`trainer_arguments`. The returned losses are averaged over processes: the loss
-    of each global update, as one process would report it.
+    or from ``trainer.arguments`` (:class:`TrainerSettings`, which also reports progress). The
+    returned losses are averaged over processes: the loss of each global update, as one
+    process would report it.
     """
     from transformers import TrainingArguments
 
@@ -514,19 +493,17 @@ def train_pairs(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    settings.update(current_trainer_arguments())  # checked: never a spec-owned field
+    trainer = trainer or TrainerSettings()
+    settings.update(trainer.arguments)  # checked: never a spec-owned field
     args = TrainingArguments(**settings)
     if args.world_size != processes:
         raise RuntimeError(
             f"the Trainer sees {args.world_size} processes but WORLD_SIZE is {processes}; launch "
             "with torchrun or accelerate launch (they set WORLD_SIZE), not mpirun"
         )
-    callbacks = list(callbacks or [])
-    hook = _PROGRESS_HOOK.get()
-    if hook is not None:
-        callbacks.append(update_progress_callback(hook))
+    callbacks = [*(callbacks or []), *trainer.callbacks()]
     trainer_cls = _trainer_class()
-    trainer = trainer_cls(
+    hf_trainer = trainer_cls(
         model=SequenceLogProbs(model),
         args=args,
         train_dataset=PairDataset(pairs),
@@ -539,31 +516,23 @@ def train_pairs(
     # progress bar and keeps the losses (guide_config.json), so drop that printer
     from transformers.trainer_callback import PrinterCallback
 
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
-    losses = trainer.loss_history
+    hf_trainer.remove_callback(PrinterCallback)
+    hf_trainer.train()
+    losses = hf_trainer.loss_history
     if args.world_size > 1:
         local = torch.tensor(losses, dtype=torch.float64, device=args.device)
-        losses = trainer.accelerator.reduce(local, reduction="mean").tolist()
+        losses = hf_trainer.accelerator.reduce(local, reduction="mean").tolist()
     # per optimiser update: the mean loss of its micro-batches
     per_update = [
         sum(losses[i : i + accum]) / len(losses[i : i + accum])
         for i in range(0, len(losses), accum)
     ]
     return TrainResult(
-        steps=int(trainer.state.global_step),
+        steps=int(hf_trainer.state.global_step),
         first_loss=per_update[0] if per_update else math.nan,
         last_loss=per_update[-1] if per_update else math.nan,
         losses=per_update,
     )
-
-
-def progress_callbacks() -> list[Any]:
-    """TrainerCallbacks that report to the hook of :func:`report_training_progress`, if one is
-    set; for trainers a method builds itself (e.g. trl's ``DPOTrainer``) instead of
-    :func:`train_pairs`."""
-    hook = _PROGRESS_HOOK.get()
-    return [update_progress_callback(hook)] if hook is not None else []
 
 
 def update_progress_callback(on_update: Callable[[int, int], None]) -> Any:

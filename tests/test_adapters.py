@@ -8,9 +8,8 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from mobench.methods.adapters import (
-    MoSLoRALinear,
-    PBLoRALinear,
+from mobench.methods.parm import PBLoRALinear
+from mobench.methods.preference_arm import (
     PreferenceContext,
     adapter_state_dict,
     count_adapter_parameters,
@@ -19,6 +18,7 @@ from mobench.methods.adapters import (
     load_adapters,
     save_adapters,
 )
+from mobench.methods.uniarm import ModulatedLoRALinear
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -57,7 +57,7 @@ def randomize(wrappers: dict[str, nn.Module], seed: int = 2) -> None:
             for name, p in w.named_parameters():
                 if name.endswith(("_B", "_G")):
                     p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-            if isinstance(w, MoSLoRALinear) and w.moslora_G is None:
+            if isinstance(w, ModulatedLoRALinear) and w.moslora_G is None:
                 G = w.context.moslora_G
                 assert G is not None
                 G.copy_(torch.randn(G.shape, generator=g) * 0.2)
@@ -68,7 +68,9 @@ def pblora_factory(ctx: PreferenceContext) -> Callable[[nn.Linear], PBLoRALinear
 
 
 def moslora_factory(ctx: PreferenceContext, modulation: str) -> Callable[[nn.Linear], nn.Module]:
-    return functools.partial(MoSLoRALinear, context=ctx, r=8, lora_alpha=16, modulation=modulation)
+    return functools.partial(
+        ModulatedLoRALinear, context=ctx, r=8, lora_alpha=16, modulation=modulation
+    )
 
 
 KINDS = ["pblora", "moslora-linear", "moslora-shared"]
@@ -174,7 +176,7 @@ def make_layer(kind: str, base: nn.Linear) -> nn.Module:
         layer: nn.Module = PBLoRALinear(base, PreferenceContext(K), r1=2, r2=3)
     else:
         ctx = PreferenceContext(K, descriptors=torch.randn(K, 6))
-        layer = MoSLoRALinear(base, ctx, r=4, modulation=kind.split("-")[1])  # type: ignore[arg-type]
+        layer = ModulatedLoRALinear(base, ctx, r=4, modulation=kind.split("-")[1])  # type: ignore[arg-type]
     randomize({"layer": layer})
     return layer
 
@@ -298,11 +300,11 @@ def test_context_errors_are_actionable() -> None:
     with pytest.raises(ValueError, match="active has 3 rows"):
         layer.context.set(ALPHAS, torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="descriptors=E"):
-        MoSLoRALinear(linear(), PreferenceContext(K))
+        ModulatedLoRALinear(linear(), PreferenceContext(K))
     ctx = PreferenceContext(K, descriptors=torch.randn(K, 6))
-    MoSLoRALinear(linear(), ctx, r=4, modulation="shared")
+    ModulatedLoRALinear(linear(), ctx, r=4, modulation="shared")
     with pytest.raises(ValueError, match="same rank"):
-        MoSLoRALinear(linear(), ctx, r=2, modulation="shared")
+        ModulatedLoRALinear(linear(), ctx, r=2, modulation="shared")
     with pytest.raises(ValueError, match=r"its linear layers are named: .*o_proj"):
         inject_adapters(tiny_llama(), pblora_factory(PreferenceContext(K)), ("qproj",))
 
@@ -327,7 +329,7 @@ def test_context_use_restores_and_select_drops_rows() -> None:
 def test_moslora_zero_modulation_equals_shared_lora(modulation: str) -> None:
     base = linear()
     ctx = PreferenceContext(K, descriptors=torch.randn(K, 6))
-    layer = MoSLoRALinear(base, ctx, r=4, lora_alpha=6, modulation=modulation)  # type: ignore[arg-type]
+    layer = ModulatedLoRALinear(base, ctx, r=4, lora_alpha=6, modulation=modulation)  # type: ignore[arg-type]
     nn.init.normal_(layer.moslora_B)
     torch.testing.assert_close(layer.modulation_matrix(), torch.zeros(8, 6))  # init G = 0
     x = torch.randn(4, 3, 16)
@@ -339,7 +341,7 @@ def test_moslora_zero_modulation_equals_shared_lora(modulation: str) -> None:
 
 def test_moslora_film_uses_mixed_descriptor() -> None:
     E = torch.randn(K, 6)
-    layer = MoSLoRALinear(linear(), PreferenceContext(K, descriptors=E), r=4)
+    layer = ModulatedLoRALinear(linear(), PreferenceContext(K, descriptors=E), r=4)
     randomize({"layer": layer})
     assert layer.moslora_G is not None
     gamma, delta = layer.film(ALPHAS)
@@ -435,3 +437,61 @@ def test_gradient_checkpointing_sees_the_alphas_set_for_training() -> None:
         model(input_ids()).logits.logsumexp(-1).sum().backward()
         grads.append(model.model.layers[0].self_attn.q_proj.pblora_Theta.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+# --- dense formulas with random, non-identity cores and modulation ------------------------
+# W(alpha) = I and G = 0 cannot tell a core from its transpose, or scale from shift: these
+# tests build each update as the dense matrix of its equation, from random non-symmetric cores.
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["training-path", "inference-path"])
+def test_pblora_equals_its_dense_equation(grad: bool) -> None:
+    """h = W0 x + s B blockdiag(W1, W2(alpha)) A x, W2(alpha) = reshape_{r2 x r2}(alpha^T Theta),
+    s = lora_alpha / r2 (METHODS §4.1), per row, from a dense n x m delta-W per alpha."""
+    base = linear()
+    r1, r2 = 2, 3
+    layer = PBLoRALinear(base, PreferenceContext(K), r1=r1, r2=r2, lora_alpha=6)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in (layer.pblora_A, layer.pblora_B, layer.pblora_W1, layer.pblora_Theta):
+            p.copy_(torch.randn(p.shape, generator=g))
+    W2_0 = layer.pblora_Theta[0].view(r2, r2)
+    assert (W2_0 - W2_0.T).abs().max() > 0.1  # non-symmetric: a transposed core would differ
+    x = torch.randn(len(ALPHAS), 5, 16, generator=g)
+    with torch.set_grad_enabled(grad), layer.context.use(ALPHAS):
+        got = layer(x)
+    for row, alpha in enumerate(ALPHAS):
+        W2 = (alpha @ layer.pblora_Theta).view(r2, r2)
+        core = torch.block_diag(layer.pblora_W1, W2)
+        delta_w = (6 / r2) * layer.pblora_B @ core @ layer.pblora_A  # (n, m)
+        want = x[row] @ (base.weight + delta_w).T + base.bias
+        torch.testing.assert_close(got[row], want.detach(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("modulation", ["linear", "shared"])
+@pytest.mark.parametrize("grad", [True, False], ids=["training-path", "inference-path"])
+def test_affine_modulation_equals_its_dense_equation(modulation: str, grad: bool) -> None:
+    """[gamma; delta] = G (alpha^T E); h = W0 x + s B ((1 + gamma) * (A x) + delta), s = lora_alpha
+    / r (METHODS §5 step 2): the scale as a dense n x m matrix B diag(1 + gamma) A, the shift as a
+    bias s B delta, with random G and E (gamma and delta both far from 0)."""
+    base = linear()
+    g = torch.Generator().manual_seed(8)
+    E = torch.randn(K, 6, generator=g)
+    ctx = PreferenceContext(K, descriptors=E)
+    r = 4
+    layer = ModulatedLoRALinear(base, ctx, r=r, lora_alpha=6, modulation=modulation)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for p in (layer.moslora_A, layer.moslora_B, layer.modulation_matrix()):
+            p.copy_(torch.randn(p.shape, generator=g))
+    x = torch.randn(len(ALPHAS), 5, 16, generator=g)
+    with torch.set_grad_enabled(grad), ctx.use(ALPHAS):
+        got = layer(x)
+    G = layer.modulation_matrix()
+    for row, alpha in enumerate(ALPHAS):
+        gd = G @ (alpha @ E)  # (2r,)
+        gamma, delta = gd[:r], gd[r:]
+        assert gamma.abs().min() > 0.01 and delta.abs().max() > 0.1
+        scale = (6 / r) * layer.moslora_B @ torch.diag(1 + gamma) @ layer.moslora_A  # (n, m)
+        shift = (6 / r) * layer.moslora_B @ delta  # (n,)
+        want = x[row] @ (base.weight + scale).T + base.bias + shift
+        torch.testing.assert_close(got[row], want.detach(), atol=1e-4, rtol=1e-4)

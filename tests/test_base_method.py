@@ -8,11 +8,12 @@ from typing import Any
 
 from mobench import pipeline
 from mobench.registry import METHODS
+from mobench.resolve import describe_run, resolve_spec
 
 
 def test_base_is_listed_and_runs_like_any_method(unit_preset: Any, tmp_path: Path) -> None:
     assert "base" in METHODS.names()
-    spec = pipeline.resolve_spec("safety", "base", "unit", device="cpu")
+    spec = resolve_spec("safety", "base", "unit", device="cpu")
     assert spec.method_config == {}  # the preset's ARM training sizes do not apply
     result = pipeline.execute_run(spec, tmp_path / "run")
     run = result.run_dir
@@ -36,8 +37,8 @@ def test_base_is_listed_and_runs_like_any_method(unit_preset: Any, tmp_path: Pat
 
 
 def test_base_dry_run_counts_one_forward_per_token(unit_preset: Any) -> None:
-    spec = pipeline.resolve_spec("safety", "base", "unit", device="cpu")
-    plan = pipeline.describe_run(spec)
+    spec = resolve_spec("safety", "base", "unit", device="cpu")
+    plan = describe_run(spec)
     assert plan["work"]["generate"]["evaluations_per_token"] == {"base": 1}
 
 
@@ -47,10 +48,10 @@ def test_a_method_run_beside_a_base_run_records_its_gain_over_base(
     import numpy as np
 
     base = pipeline.execute_run(
-        pipeline.resolve_spec("safety", "base", "unit", device="cpu"), tmp_path / "base"
+        resolve_spec("safety", "base", "unit", device="cpu"), tmp_path / "base"
     )
     guided = pipeline.execute_run(
-        pipeline.resolve_spec("safety", "genarm", "unit", device="cpu"), tmp_path / "genarm"
+        resolve_spec("safety", "genarm", "unit", device="cpu"), tmp_path / "genarm"
     )
     base_metrics = json.loads((base.run_dir / "metrics.json").read_text())
     assert "gain_over_base" not in base_metrics["steering"]  # the base is its own reference

@@ -25,15 +25,13 @@ from mobench.decoding import guided_generate, stock_attention
 from mobench.memory import MemoryMeter
 from mobench.models import ModelContext
 from tests.conftest import build_llama
-from tests.test_decoding import PROMPTS, _encode, random_lora_arms
+from tests.test_decoding import PROMPTS, _encode, genarm_separate, random_lora_arms
 
 
 def test_reference_loop_equals_mobench_loop(tiny_tokenizer: Any) -> None:
     """HF generate + the logits processor, one row at a time, gives the tokens of mobench's
     batched loop with the same (unfused) guide: the reference re-implementation does the same
     math, so the benchmark compares like with like."""
-    from mobench.methods.genarm import GenARMGuide
-
     tok = tiny_tokenizer
     prompts = _encode(tok, PROMPTS)
     alphas = np.array([[0.2, 0.8], [0.7, 0.3], [1.0, 0.0]], dtype=np.float32)
@@ -41,13 +39,13 @@ def test_reference_loop_equals_mobench_loop(tiny_tokenizer: Any) -> None:
     base = build_llama(tok)
     models = ModelContext(base, tok, "tiny", tok, "tiny", len(tok), "float32", "cpu")
     with stock_attention():
-        guide = GenARMGuide(random_lora_arms(tok), len(tok), tok.pad_token_id)
+        guide = genarm_separate(random_lora_arms(tok), tok)
     _, reference = reference_decode(
         models, guide, list(zip(prompts, alphas, strict=True)), max_new_tokens=8, beta=beta
     )
     ours = guided_generate(
         build_llama(tok),
-        GenARMGuide(random_lora_arms(tok), len(tok), tok.pad_token_id),
+        genarm_separate(random_lora_arms(tok), tok),
         prompts,
         torch.from_numpy(alphas),
         GenerationConfig(max_new_tokens=8, beta=beta),
@@ -87,6 +85,7 @@ def test_peak_memory_sees_an_allocation() -> None:
     assert (meter.peak_mb() or 0.0) < 60  # the next configuration starts clean
 
 
+@pytest.mark.slow
 def test_smoke_bench_writes_a_result_the_report_reads(tmp_path: Path) -> None:
     from mobench.report import load_bench_results
 
@@ -157,6 +156,7 @@ def test_a_target_is_met_only_beyond_the_spread() -> None:
     assert _check("x", {"median": 7.0, "min": 6.1, "max": 8.0}, ">=", 6)["met"] is True
 
 
+@pytest.mark.slow
 def test_memory_target_fails_for_a_configuration_that_allocates_more(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

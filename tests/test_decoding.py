@@ -246,13 +246,24 @@ def random_lora_arms(tok: Any, n: int = 2, scale: float = 1.0, seed: int = 0) ->
     return arms
 
 
+def genarm_separate(arms: list[Any], tok: Any) -> Any:
+    """GenARM's lanes (weights alpha_i) over ready-made ARM models, one per lane, through the
+    engine's separate-models path (the reference cost structure)."""
+    from pathlib import Path
+
+    from mobench.methods.genarm import lane_weights
+
+    from mobench.engine import GuideSpec, Lane, LoRA, SeparateModels
+
+    spec = GuideSpec(tuple(Lane(LoRA(Path(), f"arm{i}")) for i in range(len(arms))), lane_weights)
+    return SeparateModels(arms, spec, len(tok), tok.pad_token_id)
+
+
 @pytest.fixture(scope="module")
 def genarm_guide(tiny: tuple[Any, Any]) -> tuple[Any, Any, Any]:
     """GenARM's unfused guide over two random (non-zero) LoRA ARMs, one backbone copy each."""
-    from mobench.methods.genarm import GenARMGuide
-
     model, tok = tiny
-    guide = GenARMGuide(random_lora_arms(tok), len(tok), tok.pad_token_id)
+    guide = genarm_separate(random_lora_arms(tok), tok)
     return model, tok, guide
 
 
@@ -269,15 +280,16 @@ def test_genarm_guidance_equals_weighted_sum_by_hand(genarm_guide: tuple[Any, An
     g1 = guide.step(nxt)
     for row, ids in enumerate(prompts):
         seq = [*ids, int(nxt[row])]
-        help_lp = _arm_logprobs(guide.arms[0], seq)
-        harm_lp = _arm_logprobs(guide.arms[1], seq)
+        help_lp = _arm_logprobs(guide.models[0].stepper.model, seq)
+        harm_lp = _arm_logprobs(guide.models[1].stepper.model, seq)
         a_help, a_harm = alphas[row]
         for pos, got in ((-2, g0[row]), (-1, g1[row])):
             want = a_help * help_lp[pos] + a_harm * harm_lp[pos]
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     # the two ARMs really differ, so the test above can tell them apart
     assert not torch.allclose(
-        _arm_logprobs(guide.arms[0], prompts[0]), _arm_logprobs(guide.arms[1], prompts[0])
+        _arm_logprobs(guide.models[0].stepper.model, prompts[0]),
+        _arm_logprobs(guide.models[1].stepper.model, prompts[0]),
     )
 
 
@@ -301,8 +313,8 @@ def test_guided_scores_are_base_plus_guide_over_beta(genarm_guide: tuple[Any, An
     for row, ids in enumerate(prompts):
         seq = ids + out.tokens[row]
         base_lp = model(torch.tensor([seq])).logits[0].float().log_softmax(-1)
-        help_lp = _arm_logprobs(guide.arms[0], seq)
-        harm_lp = _arm_logprobs(guide.arms[1], seq)
+        help_lp = _arm_logprobs(guide.models[0].stepper.model, seq)
+        harm_lp = _arm_logprobs(guide.models[1].stepper.model, seq)
         combined = base_lp + (alphas[row, 0] * help_lp + alphas[row, 1] * harm_lp) / beta
         for t, token in enumerate(out.tokens[row]):
             assert int(combined[len(ids) - 1 + t].argmax()) == token

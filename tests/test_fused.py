@@ -12,8 +12,9 @@ import torch
 
 from mobench.config import GenerationConfig
 from mobench.decoding import CausalLMStepper, LaneStepper, guided_generate
+from mobench.engine import GuideSpec, Lane, LoRA, SeparateModels
 from mobench.fused import AdapterFormatError, inject_multi_lora, read_peft_lora
-from mobench.interfaces import FusedGuide, Guide
+from mobench.interfaces import FusedGuide, Guide, Method
 from mobench.models import ModelContext
 from tests.conftest import build_llama
 from tests.test_decoding import PROMPTS, _encode, random_lora_arms
@@ -304,3 +305,138 @@ def test_genarm_fused_equals_unfused_greedy_tokens(
     if not w2s:
         assert fused.forwards == {"fused": unfused.forwards["base"]}
         assert unfused.forwards["guide"] == 2 * unfused.forwards["base"]
+
+
+# ------------------------------------------------------------------------------ the engine
+
+
+class _ContrastConfig:
+    """No settings: the test method below only states its lanes and weights."""
+
+
+class Contrast(Method):
+    """A method written against the public interface only, with no speed code: two LoRA lanes
+    (GenARM-shaped folders) weighted ``w_0 = alpha_0 + alpha_1 / 2`` and ``w_1 = -alpha_1``
+    (not on the simplex, to exercise signed weights)."""
+
+    name = "contrast"
+    config_cls = _ContrastConfig
+
+    def train(self, task: Any, splits: Any, spec: Any, out_dir: Path) -> None:
+        raise NotImplementedError
+
+    def trainable_parameters(self, artifacts: Path) -> int:
+        return 0
+
+    def guide_spec(self, artifacts: Path, task: Any, models: ModelContext) -> GuideSpec:
+        def weights(alphas: torch.Tensor) -> torch.Tensor:
+            return torch.stack([alphas[:, 0] + alphas[:, 1] / 2, -alphas[:, 1]])
+
+        lanes = tuple(Lane(LoRA(artifacts / name, name)) for name in OBJECTIVES)
+        return GuideSpec(lanes, weights)
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_a_method_without_speed_code_gets_the_fused_path(
+    tiny_tokenizer: Any, genarm_artifacts: Path, setup: str
+) -> None:
+    """The test-only method above runs fused (base and its lanes in one forward of the base's
+    weights; or its lanes in one forward of the guide backbone), with the tokens of the separate
+    models, and its guidance is its own weighted sum of the lanes' log-probs."""
+    tok = tiny_tokenizer
+    prompts, alphas = _rows(tok)
+    unfused_ctx, fused_ctx = _models(tok, setup, fuse=False), _models(tok, setup, fuse=True)
+    unfused = Contrast(_ContrastConfig()).guide(genarm_artifacts, None, unfused_ctx)
+    fused = Contrast(_ContrastConfig()).guide(genarm_artifacts, None, fused_ctx)
+    assert isinstance(unfused, SeparateModels)
+    want = _decode(unfused_ctx, unfused, prompts, alphas)
+    got = _decode(fused_ctx, fused, prompts, alphas)
+    assert got.tokens == want.tokens
+    if setup == "same-backbone":
+        assert isinstance(fused, FusedGuide) and got.fused_lanes == 3
+        assert got.forwards == {"fused": want.forwards["base"]}
+    else:
+        assert fused.forwards_per_token == {"guide": 1} and fused.lanes == 2
+    # the guidance is the method's formula over the lanes' own log-probs
+    arms = [m.stepper for m in unfused.models]
+    with torch.inference_mode():
+        lps = [arm.prefill(prompts) for arm in arms]
+        guidance = unfused.prefill(prompts, alphas)
+    w0, w1 = alphas[:, :1] + alphas[:, 1:] / 2, -alphas[:, 1:]
+    torch.testing.assert_close(guidance, w0 * lps[0] + w1 * lps[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
+def test_a_lane_with_zero_weight_for_every_row_is_not_run(
+    tiny_tokenizer: Any, genarm_artifacts: Path, fuse: bool
+) -> None:
+    """GenARM with alpha = (1, 0) on every row runs the helpful ARM only (GenARM's script drops
+    an ARM whose alpha is 0), and those rows' guidance equals the same rows in a batch where
+    both ARMs run."""
+    tok = tiny_tokenizer
+    prompts = _encode(tok, PROMPTS)
+    one_hot = torch.tensor([[1.0, 0.0]]).repeat(len(prompts), 1)
+    ctx = _context(tok, fuse)
+    guide = _genarm(genarm_artifacts, ctx)
+    out = _decode(ctx, guide, prompts, one_hot)
+    if fuse:
+        assert out.fused_lanes == 2  # the base and one ARM (both ARMs: 3)
+    else:
+        assert out.forwards["guide"] == out.forwards["base"]  # one ARM forward per token
+    mixed = torch.cat([one_hot, torch.tensor([[0.0, 1.0]]).repeat(len(prompts), 1)])
+    with torch.inference_mode():
+        if fuse:
+            alone = guide.prefill(prompts, prompts, one_hot)[1]
+            both = guide.prefill(prompts * 2, prompts * 2, mixed)[1]
+        else:
+            alone = guide.prefill(prompts, one_hot)
+            both = guide.prefill(prompts * 2, mixed)
+    torch.testing.assert_close(alone, both[: len(prompts)], atol=1e-5, rtol=1e-5)
+    assert (both[len(prompts) :] - alone).abs().max() > 1e-3  # the other ARM does differ
+
+
+class _Gated(Method):
+    """Test-only: PARM's conditioned lane weighted by alpha_0, so a batch of alpha_0 = 0 rows does
+    not run it (the adapters stay injected in the fused base and must leave its rows plain)."""
+
+    name = "gated"
+    config_cls = _ContrastConfig
+
+    def __init__(self, parm_artifacts: Path) -> None:
+        super().__init__(_ContrastConfig())
+        self.parm_artifacts = parm_artifacts
+
+    def train(self, task: Any, splits: Any, spec: Any, out_dir: Path) -> None:
+        raise NotImplementedError
+
+    def trainable_parameters(self, artifacts: Path) -> int:
+        return 0
+
+    def guide_spec(self, artifacts: Path, task: Any, models: ModelContext) -> GuideSpec:
+        parm = _method("parm").guide_spec(self.parm_artifacts, task, models)
+        return GuideSpec(parm.lanes, lambda alphas: alphas[:, :1].T)
+
+
+def test_a_conditioned_lane_with_zero_weight_leaves_the_base_rows_plain(
+    tiny_tokenizer: Any, random_guides: dict[str, Path]
+) -> None:
+    """A batch whose conditioned lane is skipped gets the plain base's log-probs and zero
+    guidance, after a batch that did run it (the adapter's per-row state of that batch must not
+    leak into this one)."""
+    from mobench.registry import get_task
+
+    tok, task = tiny_tokenizer, get_task("safety")()
+    prompts = _encode(tok, PROMPTS)
+    ctx = _context(tok, fuse=True)
+    guide = _Gated(random_guides["parm"]).guide(random_guides["parm"], task, ctx)
+    assert isinstance(guide, FusedGuide)
+    first = torch.tensor([[1.0, 0.0]]).repeat(len(prompts), 1)
+    plain = CausalLMStepper(_context(tok, fuse=True).base, len(tok), tok.pad_token_id)
+    with torch.inference_mode():
+        _, ran = guide.prefill(prompts, prompts, first)
+        assert guide.lanes == 2 and ran.abs().max() > 0.1
+        skipped_base, skipped = guide.prefill(prompts[:2], prompts[:2], first[:2].flip(1))
+        assert guide.lanes == 1 and skipped.abs().max() == 0
+        torch.testing.assert_close(skipped_base, plain.prefill(prompts[:2]), atol=1e-6, rtol=0)
+        nxt = torch.tensor([5, 9])
+        torch.testing.assert_close(guide.step(nxt)[0], plain.step(nxt), atol=1e-6, rtol=0)

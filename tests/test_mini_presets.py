@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mobench.config import ConfigError
-from mobench.pipeline import resolve_spec
+from mobench.resolve import resolve_spec
 from mobench.registry import get_preset, register_preset
 
 

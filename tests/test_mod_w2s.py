@@ -3,6 +3,7 @@ tokenizer (tiny in-process models, fp32)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,10 @@ def _logprobs(model: Any, ids: list[int], vocab: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def w2s(tiny_tokenizer: Any) -> dict[str, Any]:
     """A large base, two random LoRA policies on a small backbone, and the small reference."""
-    from mobench.methods.mod_w2s import MODw2sGuide
+    from mobench.methods.mod_w2s import lane_weights
     from peft import LoraConfig, get_peft_model
+
+    from mobench.engine import GuideSpec, Lane, LoRA, SeparateModels
 
     tok = tiny_tokenizer
     base = build_llama(tok, hidden=128, layers=3, seed=1)
@@ -58,7 +61,12 @@ def w2s(tiny_tokenizer: Any) -> dict[str, Any]:
                 param.copy_(torch.randn(param.shape, generator=gen))
     policies.eval()
     reference = build_llama(tok)  # the small model without adapter: same seed, separate object
-    guide = MODw2sGuide(policies, OBJECTIVES, reference, len(tok), tok.pad_token_id)
+    # one copy per policy lane, each with its own adapter active (the separate-models path)
+    lanes = [copy.deepcopy(policies) for _ in OBJECTIVES]
+    for lane, name in zip(lanes, OBJECTIVES, strict=True):
+        lane.set_adapter(name)
+    spec = GuideSpec((Lane(), *(Lane(LoRA(Path(), n)) for n in OBJECTIVES)), lane_weights)
+    guide = SeparateModels([reference, *lanes], spec, len(tok), tok.pad_token_id)
     return {"tok": tok, "base": base, "policies": policies, "guide": guide}
 
 
@@ -197,8 +205,8 @@ def test_dpo_training_raises_the_chosen_log_ratio(tiny_tokenizer: Any, tmp_path:
 
 
 def test_tiny_preset_training_overrides_reach_the_dpo_config() -> None:
-    from mobench.pipeline import resolve_spec
     from mobench.registry import get_preset
+    from mobench.resolve import resolve_spec
 
     spec = resolve_spec("safety", "mod_w2s", "tiny")
     for key, value in get_preset("safety", "tiny").training.items():
@@ -226,7 +234,7 @@ def test_a_tokenizer_with_extra_trailing_tokens_shares_the_common_range() -> Non
 
 
 def test_eos_ids_outside_the_shared_vocabulary_are_refused(tiny_tokenizer: Any) -> None:
-    from mobench.pipeline import eos_ids
+    from mobench.models import eos_ids
 
     model = build_llama(tiny_tokenizer)
     eos = tiny_tokenizer.eos_token_id
@@ -246,16 +254,15 @@ def test_logits_are_restricted_to_the_shared_vocabulary(
 ) -> None:
     """A base whose LM head is padded past its tokenizer decodes over the tokenizer's ids only; a
     guide whose head cannot score every shared id is refused."""
-    from mobench.tasks.safety import SafetyTask
 
     from mobench.decoding import CausalLMStepper
-    from mobench.models import logit_rows
-    from mobench.pipeline import _load_models, resolve_spec
+    from mobench.models import load_models, logit_rows
+    from mobench.resolve import resolve_spec
 
     tok = build_tokenizer()
     padded = _save(build_llama(tok, hidden=128, vocab_size=len(tok) + 8), tok, tmp_path / "padded")
     spec = resolve_spec("safety", "mod_w2s", "unit", base_model=padded, guide_model=tiny_model_dir)
-    models = _load_models(spec, SafetyTask())
+    models = load_models(spec)
     assert logit_rows(models.base) == len(tok) + 8
     assert models.vocab_size == len(tok)
     logprobs = CausalLMStepper(models.base, models.vocab_size, tok.pad_token_id).prefill(
@@ -267,7 +274,7 @@ def test_logits_are_restricted_to_the_shared_vocabulary(
     short = _save(build_llama(tok, vocab_size=len(tok) - 8), tok, tmp_path / "short")
     spec = resolve_spec("safety", "mod_w2s", "unit", guide_model=short)
     with pytest.raises(ModelError, match="output logits"):
-        _load_models(spec, SafetyTask()).load_guide_backbone()
+        load_models(spec).load_guide_backbone()
 
 
 def test_cli_refuses_a_guide_with_another_tokenizer_before_training(
@@ -307,7 +314,7 @@ def test_render_precedence_preset_template_then_chat_template_then_task_default(
 
 def test_which_backbone_the_guide_is_trained_on(unit_preset: Any) -> None:
     """--guide-model wins, then the preset's guide_model, else the guide follows the base."""
-    from mobench.pipeline import resolve_spec
+    from mobench.resolve import resolve_spec
 
     def guide_of(preset_guide: str | None = None, **kw: str) -> tuple[str, str]:
         overrides = {"preset": {"guide_model": preset_guide}} if preset_guide else {}
@@ -359,7 +366,8 @@ def test_weak_to_strong_pipeline_run(
     """The small model's guide, trained on it, steers the large base end to end; each model sees
     prompts in its own template (the guide: the preset's template for it, in training and
     decoding; the base: its tokenizer's chat template); timing.json counts the forwards."""
-    from mobench.pipeline import execute_run, resolve_spec
+    from mobench.pipeline import execute_run
+    from mobench.resolve import resolve_spec
 
     spec = resolve_spec(
         "safety",
@@ -398,7 +406,7 @@ def test_weak_to_strong_pipeline_run(
 def test_a_guide_loads_only_onto_the_backbone_it_was_trained_on(
     tiny_model_dir: str, tiny_large_model_dir: str
 ) -> None:
-    from mobench.methods.genarm import check_guide_backbone
+    from mobench.methods.shared import check_guide_backbone
 
     from mobench.models import ModelContext
 
@@ -450,7 +458,8 @@ def test_saved_policies_reload_and_same_backbone_is_plain_mod(
             torch.testing.assert_close(fused_base[0], base_lp[-1], atol=1e-4, rtol=1e-4)
             got = guidance[0]
         else:
-            assert guide.reference.model is base and guide.forwards_per_token == {"guide": 3}
+            assert guide.models[0].stepper.model is base  # the base itself is pi_ref^S
+            assert guide.forwards_per_token == {"guide": 3}
             got = guide.prefill([ids], alphas)[0]
     torch.testing.assert_close(
         got,

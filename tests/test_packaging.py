@@ -37,7 +37,7 @@ def test_wheel_maps_methods_and_tasks_under_mobench(tmp_path: Path) -> None:
         "mobench/cli.py",
         "mobench/decoding.py",
         "mobench/methods/genarm.py",
-        "mobench/methods/adapters.py",
+        "mobench/methods/preference_arm.py",
         "mobench/tasks/safety.py",
         "mobench/tasks/data/safety_tiny.jsonl",
         "mobench/py.typed",

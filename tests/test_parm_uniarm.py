@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from mobench.methods.adapters import PreferenceContext, count_adapter_parameters
-from mobench.methods.parm import (
-    PARM,
-    PARMConfig,
+from mobench.methods.parm import PARM, PARMConfig
+from mobench.methods.preference_arm import (
     PreferenceARM,
-    PreferenceARMGuide,
+    PreferenceContext,
     alpha_weighted_winners,
+    count_adapter_parameters,
     draw_alpha,
     preference_loss,
 )
@@ -224,13 +223,24 @@ def test_one_step_lowers_the_loss_for_one_hot_alpha(
 # ------------------------------------------------------------------------------- guidance
 
 
+def conditioned_guide(model: Any, vocab_size: int, pad_token_id: int) -> Any:
+    """PARM/UniARM's one lane (weight 1) over a model whose adapter is already injected,
+    through the engine's separate-models path; alphas in the stored order (columns 0, 1)."""
+    from mobench.methods.preference_arm import lane_weights
+
+    from mobench.engine import Conditioned, GuideSpec, Lane, SeparateModels
+
+    spec = GuideSpec((Lane(Conditioned(lambda m: None, (0, 1))),), lane_weights)
+    return SeparateModels([model], spec, vocab_size, pad_token_id)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_guidance_is_log_softmax_of_the_adapted_model_and_drop_keeps_alphas(
     kind: str, tiny_model_dir: str
 ) -> None:
     _, model, ctx = adapted(kind, tiny_model_dir)
     tok = load_tokenizer(tiny_model_dir)
-    guide = PreferenceARMGuide(model, [0, 1], len(tok), tok.pad_token_id)
+    guide = conditioned_guide(model, len(tok), tok.pad_token_id)
     prompts = [*encode(tok, PROMPTS), encode(tok, ["Drink water"])[0]]
     alphas = torch.tensor([[0.0, 1.0], [0.3, 0.7], [1.0, 0.0], [0.5, 0.5]])
     g0 = guide.prefill(prompts, alphas)
@@ -307,7 +317,7 @@ def test_save_load_reproduces_guidance_exactly(
     tok = models.guide_tokenizer
     prompts = encode(tok, PROMPTS)
     alphas = torch.tensor([[0.0, 1.0], [0.3, 0.7], [1.0, 0.0]])
-    original = PreferenceARMGuide(model, [0, 1], models.vocab_size, tok.pad_token_id)
+    original = conditioned_guide(model, models.vocab_size, tok.pad_token_id)
     loaded = method.guide(tmp_path, SafetyTask(), models)
     with torch.inference_mode():
         assert torch.equal(original.prefill(prompts, alphas), loaded.prefill(prompts, alphas))
@@ -402,7 +412,7 @@ def test_foreign_objectives_or_method_refused(
 
 
 def test_bad_config_values_are_config_errors() -> None:
-    from mobench.pipeline import resolve_spec
+    from mobench.resolve import resolve_spec
 
     with pytest.raises(ConfigError, match="pref_sample_p must be > 0"):
         PARMConfig(pref_sample_p=0.0)
@@ -435,7 +445,8 @@ def _drop_rows(run_dir: Path, keep_fraction: float) -> set[tuple[str, int]]:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_pipeline_runs_and_resumes(kind: str, unit_preset: Any, tmp_path: Path) -> None:
-    from mobench.pipeline import execute_run, method_from_spec, resolve_spec
+    from mobench.pipeline import execute_run
+    from mobench.resolve import method_from_spec, resolve_spec
     from mobench.runs import read_jsonl
 
     spec = resolve_spec("safety", kind, "unit", device="cpu")

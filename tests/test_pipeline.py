@@ -11,11 +11,12 @@ import pytest
 
 from mobench import decoding, pipeline
 from mobench.config import ConfigError
+from mobench.resolve import resolve_spec
 from mobench.runs import RunDirError
 
 
 def _spec(**kw: Any) -> Any:
-    return pipeline.resolve_spec("safety", "genarm", "unit", device="cpu", **kw)
+    return resolve_spec("safety", "genarm", "unit", device="cpu", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,9 @@ def test_full_run_writes_every_file_and_resumes_without_work(
     def no_models(*a: Any, **k: Any) -> Any:
         raise AssertionError("resume must not load models")
 
-    monkeypatch.setattr(pipeline, "_load_models", no_models)
+    import mobench.models
+
+    monkeypatch.setattr(mobench.models, "load_models", no_models)
     again = pipeline.execute_run(spec, run)
     assert (again.generated, again.scored) == (0, 0)
     assert again.metrics["hv"] == metrics["hv"] and again.metrics["mip"] == metrics["mip"]

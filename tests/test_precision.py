@@ -7,9 +7,11 @@ from __future__ import annotations
 import copy
 
 import torch
+from mobench.methods.parm import PBLoRALinear
+from mobench.methods.preference_arm import PreferenceContext
+from mobench.methods.uniarm import ModulatedLoRALinear
 from torch import nn
 
-from methods.adapters import MoSLoRALinear, PBLoRALinear, PreferenceContext
 from mobench.decoding import decode_attention
 from mobench.fused import LaneLayout, MultiLoRALinear
 
@@ -66,7 +68,7 @@ def test_preference_adapters_on_bf16_backbone_compute_in_fp32() -> None:
         if kind == "pblora":
             layer = PBLoRALinear(base, ctx, r1=2, r2=3, lora_alpha=6.0)
         else:
-            layer = MoSLoRALinear(base, ctx, r=4, lora_alpha=8.0)
+            layer = ModulatedLoRALinear(base, ctx, r=4, lora_alpha=8.0)
         with torch.no_grad():  # non-zero B and G, so the update is not zero
             for name, p in layer.named_parameters():
                 if name.split("_")[0] in ("pblora", "moslora"):

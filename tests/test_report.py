@@ -150,6 +150,7 @@ def _real_runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return _REAL["root"]
     from mobench import pipeline
     from mobench.registry import METHODS
+    from mobench.resolve import resolve_spec
 
     root = tmp_path_factory.mktemp("report-runs")
     second = next((m for m in ("parm", "uniarm") if m in METHODS.names()), None)
@@ -159,7 +160,7 @@ def _real_runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     paths = []
     for method, overrides in runs:
-        spec = pipeline.resolve_spec("safety", method, "unit", overrides=overrides)
+        spec = resolve_spec("safety", method, "unit", overrides=overrides)
         paths.append(pipeline.execute_run(spec, root / spec.run_name).run_dir)
     # An untrusted answer: replace the text of one generation (scores stay as they were).
     gen_file = paths[0] / "generations.jsonl"
@@ -368,9 +369,9 @@ def write_run(
 
 @pytest.fixture
 def base_spec(unit_preset: Any) -> RunSpec:
-    from mobench import pipeline
+    from mobench.resolve import resolve_spec
 
-    return pipeline.resolve_spec("safety", "genarm", "unit")
+    return resolve_spec("safety", "genarm", "unit")
 
 
 def test_mixed_scorers_are_flagged_and_not_ranked_against_each_other(

@@ -23,7 +23,9 @@ import pytest
 import torch
 
 from mobench.config import ConfigError
-from mobench.pipeline import Placement, execute_run, resolve_spec
+from mobench.models import Placement
+from mobench.pipeline import execute_run
+from mobench.resolve import resolve_spec
 from mobench.runs import IncompleteShardsError, RunDirectory, RunDirError, read_json
 from mobench.sharding import (
     Shard,
@@ -90,6 +92,7 @@ def _assert_same_results(run: RunDirectory, ref: RunDirectory) -> None:
 # ----------------------------------------------------------------- two launched processes
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_the_single_process_run(
     reference: Any, tiny_model_dir: str, tmp_path: Path
 ) -> None:
@@ -315,9 +318,9 @@ def test_trainer_config_reaches_the_trainer(
 ) -> None:
     """--trainer-config fields reach TrainingArguments: gradient checkpointing is switched on in
     the trained LM, and it does not change the losses."""
-    from mobench.pipeline import method_from_spec
     from mobench.registry import get_task
-    from mobench.training import SequenceLogProbs, trainer_arguments
+    from mobench.resolve import method_from_spec
+    from mobench.training import SequenceLogProbs, TrainerSettings
 
     enabled = []
     real_enable = SequenceLogProbs.gradient_checkpointing_enable
@@ -334,8 +337,7 @@ def test_trainer_config_reaches_the_trainer(
     for extra in ({}, {"gradient_checkpointing": True}):
         out = tmp_path / f"guide-{len(losses)}"
         out.mkdir()
-        with trainer_arguments(extra):
-            method_from_spec(spec).train(task, splits, spec, out)
+        method_from_spec(spec).train(task, splits, spec, out, TrainerSettings(extra))
         losses.append(_losses(out))
     assert enabled == [True] * len(spec.objectives)  # once per ARM, only when asked
     assert losses[1].keys() == losses[0].keys()
@@ -414,6 +416,7 @@ def test_merged_timing_adds_work_and_keeps_training() -> None:
     assert list(merged["shards"]) == ["shard-0-of-2", "shard-1-of-2"]
 
 
+@pytest.mark.slow
 def test_torchrun_at_the_default_dtype_scores_like_one_process(
     unit_preset: Any, tiny_model_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,6 +26,7 @@ from mobench.config import GenerationConfig, Preset, RunSpec
 from mobench.data import Conversation, PreferencePair, Splits, seeded_split
 from mobench.interfaces import Scorer, Task
 from mobench.registry import _PRESETS, METHODS, TASKS, get_method, register_preset
+from mobench.resolve import resolve_spec
 
 WORDS = {"yes": "Yes", "no": "No"}
 MIN_SPEARMAN = 0.8
@@ -172,7 +173,7 @@ def check_steers(metrics: dict[str, Any]) -> None:
 
 
 def _run(method: str, out: Path) -> dict[str, Any]:
-    spec = pipeline.resolve_spec(
+    spec = resolve_spec(
         YesNoTask.name, method, "unit", device="cpu", overrides={"method": METHOD_SETTINGS[method]}
     )
     pipeline.execute_run(spec, out)
@@ -184,6 +185,7 @@ def test_every_steering_method_has_settings_here() -> None:
     assert not missing, f"add the new method(s) {missing} to METHOD_SETTINGS and this test"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHOD_SETTINGS))
 def test_guidance_steers_and_a_swapped_objective_order_is_caught(
     method: str, yesno_preset: Preset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -283,7 +283,7 @@ def test_train_filter_partition_and_response_order(tmp_path: Path) -> None:
 
 
 def test_unknown_and_bad_task_options_are_refused() -> None:
-    from mobench.pipeline import resolve_spec
+    from mobench.resolve import resolve_spec
 
     with pytest.raises(ConfigError, match="unknown task option"):
         resolve_spec("safety", "genarm", "tiny", overrides={"task": {"relabell": "all"}})
@@ -453,7 +453,7 @@ def test_real_pku_rows_through_the_task(tmp_path: Path) -> None:
 
 
 def test_data_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mobench.pipeline import resolve_spec
+    from mobench.resolve import resolve_spec
 
     monkeypatch.delenv("MOBENCH_DATA_DIR", raising=False)
     write_hh_folder(tmp_path / "hh-rlhf", "test")
@@ -484,8 +484,8 @@ def test_paper_and_mini_presets_follow_methods_section_7() -> None:
     from mobench.tasks.safety import ALPACA_TEMPLATE, SAFE_RLHF_TEMPLATE
 
     from mobench.config import MOD_13
-    from mobench.pipeline import resolve_spec
     from mobench.registry import get_preset
+    from mobench.resolve import resolve_spec
 
     safety = resolve_spec("safety", "genarm", "paper", identify=False)
     assert safety.base_model == safety.guide_model == "PKU-Alignment/alpaca-7b-reproduced"
@@ -610,8 +610,9 @@ def test_helpful_run_end_to_end_records_data_and_scorers(
     relabelling with a mobench-trained scorer (helpful) and proxies, the trained scorer's
     held-out accuracy in the run directory."""
     from mobench.config import Preset
-    from mobench.pipeline import execute_run, resolve_spec
+    from mobench.pipeline import execute_run
     from mobench.registry import _PRESETS, register_preset
+    from mobench.resolve import resolve_spec
 
     monkeypatch.setenv("MOBENCH_SCORE_CACHE", str(tmp_path / "score-cache"))
     _, folder, _ = trained_scorer

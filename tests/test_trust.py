@@ -17,7 +17,8 @@ from mobench.cli import app
 from mobench.config import ConfigError, RunSpec
 from mobench.data import DataError
 from mobench.models import ModelError, model_identity
-from mobench.pipeline import execute_run, guide_cache_key, rescore, resolve_spec
+from mobench.pipeline import execute_run, guide_cache_key, rescore
+from mobench.resolve import resolve_spec
 from mobench.runs import RunDirectory, RunDirError
 from mobench.training import encode_prompt, uses_bos
 from tests.conftest import build_llama, build_tokenizer

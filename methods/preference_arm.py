@@ -1,6 +1,9 @@
-"""Preference-conditioned low-rank adapters: PBLoRA (PARM) and MoSLoRA (UniARM).
+"""What PARM and UniARM share: the per-row preference state their adapter layers read, injecting,
+saving and loading those layers, and the training, saving and decoding lane of a
+preference-conditioned ARM (:class:`PreferenceARM`). Each method's own equation lives in its own
+module: PBLoRA in ``parm.py`` (METHODS §4.1), the affine-modulated LoRA in ``uniarm.py`` (§5).
 
-Both wrap a frozen ``nn.Linear`` W0 (out n x in m) and add a low-rank update that
+Both layers wrap a frozen ``nn.Linear`` W0 (out n x in m) and add a low-rank update that
 depends on a preference vector alpha (one weight per objective). alpha is a *per-row* input:
 every wrapped layer of one model reads the current ``(B, k)`` alphas from one shared
 :class:`PreferenceContext`, so the rows of a batch can carry different alphas (the whole
@@ -9,31 +12,45 @@ Pareto front of a prompt decodes in one batch, ARCHITECTURE "Performance design"
 No layer ever builds a dense n x m delta-W (the official PBLoRA forward does, METHODS §4.3):
 the update is computed right to left, ``B (W(alpha) (A x))``, with rank-sized matrices only.
 Rows whose ``active`` flag is False get exactly ``W0 x``, so base-model rows and adapter rows
-can share one backbone forward.
+can share one backbone forward (the engine sets the rows, mobench.engine).
 
-Typical use::
-
-    ctx = PreferenceContext(num_objectives=2)
-    inject_adapters(model, functools.partial(PBLoRALinear, context=ctx, r1=4, r2=4, lora_alpha=8))
-    with ctx.use(alphas):  # (B, 2), one row per batch row
-        logits = model(input_ids).logits
-
-Adapter tensors are the ones whose name starts with ``pblora_`` or ``moslora_``
+Adapter tensors are the ones whose name starts with ``pblora_`` or ``moslora_`` (the saved key
+names; UniARM's layer keeps the ``moslora_`` prefix so saved guides still load)
 (:func:`adapter_state_dict`); the alpha order is NOT stored here — the method that saves an
 adapter writes its objective order next to it (METHODS §10.1, §12.3).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+from mobench.methods.shared import GUIDE_CONFIG, check_objectives
 from torch import Tensor, nn
+
+from mobench.config import ConfigError, RunSpec
+from mobench.data import Splits
+from mobench.engine import Conditioned, GuideSpec, Lane
+from mobench.interfaces import Method, Task
+from mobench.models import ModelContext, load_causal_lm, load_tokenizer, source_fingerprint
+from mobench.training import (
+    ARMTrainingConfig,
+    PairLoss,
+    TrainerSettings,
+    bradley_terry_loss,
+    sequence_logprobs,
+    tokenize_pairs,
+    train_pairs,
+)
 
 #: every adapter tensor (parameter or buffer) has a name starting with one of these; this is
 #: what :func:`adapter_state_dict` keeps (PARM's save filter keeps "pblora_" keys, §4.3).
@@ -89,13 +106,21 @@ class PreferenceContext(nn.Module):
         self.register_parameter("moslora_G", None)
         self.alphas: Tensor | None = None
         self.active: Tensor | None = None
+        self.off = False
         #: bumped whenever alphas or active change: layers cache what they derive from them
         self.version = 0
         self._tail: tuple[int, int | None] | None = None
 
-    def _assign(self, alphas: Tensor | None, active: Tensor | None) -> None:
+    def _assign(self, alphas: Tensor | None, active: Tensor | None, off: bool = False) -> None:
         self.alphas, self.active = alphas, active
+        #: every row inactive (exactly W0 x), whatever the batch: set by :meth:`switch_off`
+        self.off = off
         self.version += 1
+
+    def switch_off(self) -> None:
+        """Make every row of every forward plain (``W0 x``) until the next :meth:`set`: the
+        engine's state when this adapter's lane is not run in a batch (its weight is 0)."""
+        self._assign(None, None, off=True)
 
     def active_tail(self) -> int | None:
         """Where the active rows start when they are exactly the rows from some index on (all
@@ -217,7 +242,7 @@ class PreferenceContext(nn.Module):
         return self.moslora_G
 
 
-def _add_on_active_rows(out: Tensor, update: Tensor, active: Tensor | None) -> Tensor:
+def add_on_active_rows(out: Tensor, update: Tensor, active: Tensor | None) -> Tensor:
     # the sum in the update's (the adapter's, fp32) dtype, rounded once to the backbone's: as
     # peft adds an fp32 LoRA update to a bf16 base output (PEER-CHECKS, difference 2)
     added = (out.to(update.dtype) + update).to(out.dtype)
@@ -229,7 +254,7 @@ def _add_on_active_rows(out: Tensor, update: Tensor, active: Tensor | None) -> T
     return torch.where(mask, added, out)
 
 
-def _accumulate_update(out_rows: Tensor, u: Tensor, b_t: Tensor) -> None:
+def accumulate_update(out_rows: Tensor, u: Tensor, b_t: Tensor) -> None:
     """``out_rows += u @ b_t`` in place, computed in ``u``'s dtype (the adapter's, fp32) and
     rounded once to ``out_rows``' dtype: on a bf16 backbone the update is never rounded to bf16
     before it is added (peft's fp32 LoRA on a bf16 base does the same)."""
@@ -239,8 +264,9 @@ def _accumulate_update(out_rows: Tensor, u: Tensor, b_t: Tensor) -> None:
         out_rows.copy_(torch.addmm(out_rows.to(u.dtype), u, b_t))
 
 
-class _AdapterLinear(nn.Module):
-    """Shared plumbing: the frozen base layer, the context reference, dropout."""
+class PreferenceAdapterLinear(nn.Module):
+    """Shared plumbing of PARM's and UniARM's adapter layers: the frozen base layer, the
+    context reference, dropout, and the per-row state cached per alpha change."""
 
     context: PreferenceContext
 
@@ -290,252 +316,11 @@ class _AdapterLinear(nn.Module):
         return nn.Parameter(torch.empty(shape, device=self.base_layer.weight.device, dtype=dtype))
 
 
-class PBLoRALinear(_AdapterLinear):
-    """PARM's preference-aware bilinear LoRA (METHODS §4.1).
-
-    ``W2(alpha) = reshape_{r2 x r2}(alpha @ Theta)``, ``W(alpha) = blockdiag(W1, W2(alpha))``,
-    ``h = W0 x + s * B W(alpha) A dropout(x)`` with ``s = lora_alpha / r2`` (r2 only, as in the
-    official code). W(alpha) = I gives plain LoRA of rank r1 + r2.
-
-    Trainable parameters per module: ``(r1+r2)(m+n) + r1^2 + k r2^2``.
-
-    Args:
-        base: the frozen W0 (out n x in m); its bias, if any, is kept.
-        context: the model's :class:`PreferenceContext` (k = ``context.num_objectives``).
-        r1: rank of the preference-agnostic core W1 (official run: 4).
-        r2: rank of the preference-aware core W2(alpha) (official run: 4).
-        lora_alpha: scale numerator; official run 8, so s = 2.
-        dropout: dropout on the adapter's input (official run: 0.05).
-        dtype: dtype of the adapter parameters (fp32 by default, also for a bf16 base); the
-            forward computes in this dtype too (the input is cast up) and adds the update to the
-            base output in it, rounding once to the base's dtype.
-    """
-
-    pblora_A: nn.Parameter
-    pblora_B: nn.Parameter
-    pblora_W1: nn.Parameter
-    pblora_Theta: nn.Parameter
-
-    def __init__(
-        self,
-        base: nn.Linear,
-        context: PreferenceContext,
-        r1: int = 4,
-        r2: int = 4,
-        lora_alpha: float = 8.0,
-        dropout: float = 0.0,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__(base, context, dropout)
-        if r1 < 0 or r2 < 1:
-            raise ValueError(f"PBLoRA needs r1 >= 0 and r2 >= 1, got r1={r1}, r2={r2}")
-        self.r1, self.r2 = r1, r2
-        self.scaling = lora_alpha / r2  # §4.1: divides by r2 only, not r1 + r2
-        k, rank = context.num_objectives, r1 + r2
-        new = self._new_parameter
-        self.pblora_A = new(rank, self.in_features, dtype=dtype)  # rows: A1 ; A2
-        self.pblora_B = new(self.out_features, rank, dtype=dtype)  # columns: B1 | B2
-        self.pblora_W1 = new(r1, r1, dtype=dtype)
-        self.pblora_Theta = new(k, r2 * r2, dtype=dtype)  # row i = vec(W2(e_i))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """§4.1 init: A, W1, Theta kaiming-uniform(a=sqrt 5) (nn.Linear's default); B = 0, so
-        the layer starts as W0 x exactly."""
-        for p in (self.pblora_A, self.pblora_W1, self.pblora_Theta):
-            if p.numel():
-                nn.init.kaiming_uniform_(p, a=math.sqrt(5))
-        nn.init.zeros_(self.pblora_B)
-
-    def preference_core(self, alphas: Tensor) -> Tensor:
-        """W2(alpha) for each row: ``(B, k) -> (B, r2, r2)``; linear in alpha (§4.1)."""
-        theta = self.pblora_Theta
-        return (alphas.to(theta.dtype) @ theta).view(-1, self.r2, self.r2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.base_layer(x)
-        tail = self._inference_tail(x)
-        if tail is not None:
-            return self._inference_forward(x, out, tail)
-        alphas, active = self.context.rows(x)
-        # the adapter's own dtype (fp32 by default, also on a bf16 backbone; x is cast up)
-        dt, batch = self.pblora_A.dtype, x.shape[0]
-        # A first: everything after this is rank-sized, never an n x m delta-W.
-        u = F.linear(self.dropout(x.to(dt)), self.pblora_A).reshape(batch, -1, self.r1 + self.r2)
-        u1, u2 = u.split([self.r1, self.r2], dim=-1)
-        # W(alpha) is block diagonal: W(alpha) u = [W1 u1 ; W2(alpha_b) u2], the second block a
-        # batched (r2 x r2) matmul with one core per row.
-        w2 = self.preference_core(alphas).to(dt)
-        v = torch.cat([F.linear(u1, self.pblora_W1.to(dt)), u2 @ w2.transpose(1, 2)], dim=-1)
-        update = F.linear(v * self.scaling, self.pblora_B.to(dt))
-        return _add_on_active_rows(out, update.reshape(out.shape), active)
-
-    def _inference_forward(self, x: Tensor, out: Tensor, tail: int) -> Tensor:
-        """The same update for decoding: only on the active rows ``x[tail:]``, with each row's
-        ``s W(alpha)`` built once per alpha change (an r x r block-diagonal core), so a layer
-        costs two thin matmuls and one batched r x r product."""
-        n = x.shape[0] - tail
-        if n == 0:
-            return out
-        # each row's (s W)^T, contiguous for bmm, built once per alpha change
-        # computed in the adapter's dtype (fp32 by default) whatever the backbone's
-        dt, rank = self.pblora_A.dtype, self.r1 + self.r2
-        (core_t,) = self._cached(
-            dt, n, lambda: (self._scaled_cores(tail, n, dt).transpose(1, 2).contiguous(),)
-        )
-        x_rows, out_rows = self._tail_rows(x, out, tail)
-        u = torch.bmm(F.linear(x_rows.to(dt), self.pblora_A).view(n, -1, rank), core_t)
-        _accumulate_update(out_rows, u.view(-1, rank), self.pblora_B.t())
-        return out
-
-    def _scaled_cores(self, tail: int, n: int, dtype: torch.dtype) -> Tensor:
-        """``s blockdiag(W1, W2(alpha_b))`` for the n active rows, ``(n, r1+r2, r1+r2)``."""
-        alphas = self.context.alphas
-        assert alphas is not None
-        rows = alphas.expand(n, -1) if alphas.ndim == 1 else alphas[tail:]
-        w2 = self.preference_core(rows.to(self.pblora_Theta.device))
-        core = w2.new_zeros(len(rows), self.r1 + self.r2, self.r1 + self.r2)
-        core[:, : self.r1, : self.r1] = self.pblora_W1
-        core[:, self.r1 :, self.r1 :] = w2
-        return (core * self.scaling).to(dtype)
-
-    def extra_repr(self) -> str:
-        return f"r1={self.r1}, r2={self.r2}, scaling={self.scaling:g}"
-
-
-class MoSLoRALinear(_AdapterLinear):
-    """UniARM's MoSLoRA layer — a RECONSTRUCTION (METHODS §5; no code or paper body exists).
-
-    A preference-agnostic LoRA extracts shared features ``u = A dropout(x)`` (r of them); a
-    preference-modulation module applies a FiLM-style affine map to them, conditioned on the
-    alpha-mixed objective representation ``o(alpha) = alpha @ E`` (E: frozen descriptor
-    embeddings, ``context.descriptors``)::
-
-        [gamma; delta] = G o(alpha)          G (2r x d), trainable, init 0 (identity modulation)
-        u' = (1 + gamma) * u + delta
-        h  = W0 x + s * B u',  s = lora_alpha / r,  B init 0, A kaiming-uniform(a=sqrt 5)
-
-    With G = 0 this is plain LoRA of rank r. The modulation is input-independent, so it costs
-    one (B, d) x (d, 2r) product per layer and forward.
-
-    Trainable parameters (r, in m, out n, descriptor dim d, M wrapped modules):
-
-    - ``modulation="linear"``: one G per module, ``r(m+n) + 2 r d`` per module. On LLaMA-7B
-      (m = n = d = 4096, r = 8) the G's double the LoRA count: about PARM's budget x 2.
-    - ``modulation="shared"``: one G for the whole model (owned by the context),
-      ``M r(m+n) + 2 r d`` in total — with r = r1 + r2 this matches PARM's budget up to
-      2rd - M(r1^2 + k r2^2), the "no extra parameters" reading of UniARM's claim.
-
-    Args:
-        base: the frozen W0 (out n x in m).
-        context: the model's :class:`PreferenceContext`, built with ``descriptors=E``.
-        r: rank of the shared features.
-        lora_alpha: scale numerator, s = lora_alpha / r.
-        dropout: dropout on the adapter's input.
-        modulation: ``"linear"`` (per-module G) or ``"shared"`` (one model-wide G).
-        dtype: dtype of the adapter parameters, in which the forward computes (the input is
-            cast up; the sum with the base output is rounded once to the base's dtype).
-    """
-
-    moslora_A: nn.Parameter
-    moslora_B: nn.Parameter
-    moslora_G: nn.Parameter | None
-
-    def __init__(
-        self,
-        base: nn.Linear,
-        context: PreferenceContext,
-        r: int = 8,
-        lora_alpha: float = 16.0,
-        dropout: float = 0.0,
-        modulation: Literal["linear", "shared"] = "linear",
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__(base, context, dropout)
-        if r < 1:
-            raise ValueError(f"MoSLoRA needs r >= 1, got {r}")
-        if modulation not in ("linear", "shared"):
-            raise ValueError(f"unknown modulation {modulation!r}; known: linear, shared")
-        self.r, self.modulation = r, modulation
-        self.scaling = lora_alpha / r
-        d = context.descriptors.shape[1]
-        self.moslora_A = self._new_parameter(r, self.in_features, dtype=dtype)
-        self.moslora_B = self._new_parameter(self.out_features, r, dtype=dtype)
-        if modulation == "linear":
-            self.moslora_G = self._new_parameter(2 * r, d, dtype=dtype)
-        else:
-            self.register_parameter("moslora_G", None)
-            context.shared_modulation(r)  # created once, checked for a matching rank
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """§5 init: A kaiming-uniform(a=sqrt 5); B = 0 and G = 0, so the layer starts as W0 x
-        exactly and the modulation as the identity. A shared G is left alone."""
-        nn.init.kaiming_uniform_(self.moslora_A, a=math.sqrt(5))
-        nn.init.zeros_(self.moslora_B)
-        if self.moslora_G is not None:
-            nn.init.zeros_(self.moslora_G)
-
-    def modulation_matrix(self) -> Tensor:
-        """G ``(2r, d)``: this module's own, or the context's shared one."""
-        if self.moslora_G is not None:
-            return self.moslora_G
-        return self.context.shared_modulation(self.r)
-
-    def film(self, alphas: Tensor) -> tuple[Tensor, Tensor]:
-        """(gamma, delta), each ``(B, r)``: ``[gamma; delta] = G (alpha @ E)`` (§5 step 2)."""
-        G = self.modulation_matrix()
-        mixed = alphas.to(G.dtype) @ self.context.descriptors.to(G.dtype)  # o(alpha), (B, d)
-        gamma, delta = F.linear(mixed, G).split(self.r, dim=-1)
-        return gamma, delta
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.base_layer(x)
-        tail = self._inference_tail(x)
-        if tail is not None:
-            return self._inference_forward(x, out, tail)
-        alphas, active = self.context.rows(x)
-        # the adapter's own dtype (fp32 by default, also on a bf16 backbone; x is cast up)
-        dt, batch = self.moslora_A.dtype, x.shape[0]
-        u = F.linear(self.dropout(x.to(dt)), self.moslora_A).reshape(batch, -1, self.r)
-        gamma, delta = (t.to(dt) for t in self.film(alphas))
-        u = (1 + gamma[:, None]) * u + delta[:, None]  # per-row scale and shift of the features
-        update = F.linear(u * self.scaling, self.moslora_B.to(dt))
-        return _add_on_active_rows(out, update.reshape(out.shape), active)
-
-    def _inference_forward(self, x: Tensor, out: Tensor, tail: int) -> Tensor:
-        """The same update for decoding: only on the active rows ``x[tail:]``, with each row's
-        scaled FiLM ``s (1 + gamma)`` and ``s delta`` built once per alpha change."""
-        n = x.shape[0] - tail
-        if n == 0:
-            return out
-        dt = self.moslora_A.dtype  # fp32 by default, whatever the backbone's dtype
-        scale, shift = self._cached(dt, n, lambda: self._scaled_film(tail, n, dt))
-        x_rows, out_rows = self._tail_rows(x, out, tail)
-        u = F.linear(x_rows.to(dt), self.moslora_A).view(n, -1, self.r)
-        u = torch.addcmul(shift[:, None], u, scale[:, None])  # s ((1 + gamma) u + delta)
-        _accumulate_update(out_rows, u.view(-1, self.r), self.moslora_B.t())
-        return out
-
-    def _scaled_film(self, tail: int, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        alphas = self.context.alphas
-        assert alphas is not None
-        rows = alphas.expand(n, -1) if alphas.ndim == 1 else alphas[tail:]
-        gamma, delta = self.film(rows.to(self.moslora_A.device))
-        return ((1 + gamma) * self.scaling).to(dtype), (delta * self.scaling).to(dtype)
-
-    def extra_repr(self) -> str:
-        return f"r={self.r}, scaling={self.scaling:g}, modulation={self.modulation}"
-
-
-AdapterLinear = PBLoRALinear | MoSLoRALinear
-
-
 def inject_adapters(
     model: nn.Module,
-    factory: Callable[[nn.Linear], AdapterLinear],
+    factory: Callable[[nn.Linear], PreferenceAdapterLinear],
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES,
-) -> dict[str, AdapterLinear]:
+) -> dict[str, PreferenceAdapterLinear]:
     """Replace every ``nn.Linear`` whose name ends with a target (``...self_attn.q_proj``) by
     ``factory(linear)``, freeze every non-adapter parameter, and register the adapters' shared
     :class:`PreferenceContext` on the model as ``model.preference_context``.
@@ -565,7 +350,7 @@ def inject_adapters(
     for name, p in model.named_parameters():
         if not _is_adapter_key(name):
             p.requires_grad_(False)
-    wrapped: dict[str, AdapterLinear] = {}
+    wrapped: dict[str, PreferenceAdapterLinear] = {}
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         wrapper = factory(linear)
@@ -638,7 +423,8 @@ def load_adapters(model: nn.Module, path: str | Path) -> dict[str, str]:
 
 def count_adapter_parameters(model: nn.Module) -> int:
     """Trainable adapter parameters (each shared tensor once). PBLoRA: per module
-    ``(r1+r2)(m+n) + r1^2 + k r2^2`` (METHODS §4.1); MoSLoRA: see :class:`MoSLoRALinear`."""
+    ``(r1+r2)(m+n) + r1^2 + k r2^2`` (METHODS §4.1, :class:`~mobench.methods.parm.PBLoRALinear`);
+    UniARM: see :class:`~mobench.methods.uniarm.ModulatedLoRALinear`."""
     return sum(
         p.numel()
         for name, p in model.named_parameters()
@@ -659,3 +445,329 @@ def count_saved_adapter_parameters(path: str | Path) -> int:
                 continue
             total += math.prod(f.get_slice(key).get_shape())
     return total
+
+
+ADAPTER_FILE = "adapters.safetensors"
+#: std of the random B of :meth:`PreferenceARM.random_guide` (``mobench bench``), and the size
+#: of UniARM's random FiLM scale and shift G o(alpha) there (so that alpha visibly matters)
+RANDOM_SCALE = 0.02
+RANDOM_FILM = 0.5
+
+
+@dataclass(frozen=True)
+class PreferenceARMConfig(ARMTrainingConfig):
+    """Settings shared by the preference-conditioned ARMs (PARM and UniARM)."""
+
+    epochs: float = field(default=2.0, metadata={"help": "PARM run.sh: 2 epochs"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "PARM run.sh: 0.05"})
+    target_modules: tuple[str, ...] = field(
+        default=("q_proj", "k_proj", "v_proj"),
+        metadata={"help": "PARM: q/k/v of every layer (METHODS §4.1)"},
+    )
+    beta_r: dict[str, float] = field(
+        default_factory=lambda: {"helpful": 0.01, "harmless": 0.01},
+        metadata={"help": "per-objective beta_r; PARM run.sh: beta_help = beta_safe = 0.01"},
+    )
+    beta_r_default: float = field(
+        default=0.01,
+        metadata={"help": "beta_r of objectives not in beta_r (assumption: PARM's PKU value)"},
+    )
+    pref_sample_p: float = field(
+        default=0.5,
+        metadata={
+            "help": "alpha ~ Dirichlet(p 1_k) per micro-batch; PARM run.sh 0.5 (code default 1.0 "
+            "= uniform on the simplex)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.pref_sample_p <= 0:
+            raise ConfigError(
+                f"pref_sample_p must be > 0 (the Dirichlet concentration), got {self.pref_sample_p}"
+            )
+
+
+def draw_alpha(seed: int, micro_step: int, num_objectives: int, concentration: float) -> np.ndarray:
+    """alpha ~ Dirichlet(concentration 1_k) from a generator seeded with ``(seed, micro_step)``.
+
+    The draw depends only on these numbers, and the trainer numbers micro-batches as one
+    process would (mobench.training.PairLoss), so a distributed run uses the same alpha for the
+    same pairs as a single-process run.
+    """
+    if concentration <= 0:
+        raise ConfigError(f"pref_sample_p must be > 0, got {concentration}")
+    rng = np.random.default_rng([seed, micro_step])
+    return rng.dirichlet(np.full(num_objectives, concentration))
+
+
+def alpha_weighted_winners(
+    labels: torch.Tensor, alpha: torch.Tensor, tol: float = 1e-9
+) -> torch.Tensor:
+    """The winner of the alpha-weighted preference per pair (UniARM's global label, METHODS §5.3).
+
+    Response 0 wins if ``sum_i alpha_i (2 [z_i = 0] - 1) > 0``, response 1 if it is < 0; ties
+    (and pairs without any label) give -1, which :func:`bradley_terry_loss` skips. Objectives
+    whose label is unknown (-1) do not vote.
+
+    Args:
+        labels: (B, k) per-objective winners (0, 1, or -1 = unknown).
+        alpha: (k,) preference vector.
+    """
+    votes = torch.where(labels == 0, 1.0, torch.where(labels == 1, -1.0, 0.0))
+    score = votes.to(alpha.dtype) @ alpha.to(labels.device)
+    winners = torch.where(score > tol, 0, torch.where(score < -tol, 1, -1))
+    return winners.to(torch.long)
+
+
+def preference_loss(
+    model: Any,
+    context: PreferenceContext,
+    batch: dict[str, torch.Tensor],
+    alpha: torch.Tensor,
+    betas: Sequence[float],
+    global_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``sum_i alpha_i L_i (+ global_weight * L_global)`` on one shared batch (METHODS §4.2, §5.3).
+
+    Sets ``alpha`` (k,) into ``context`` (it stays set through ``backward()``, which gradient
+    checkpointing needs), computes the summed response log-probs once, and takes one
+    Bradley–Terry loss per objective with that objective's label and beta_r. With
+    ``global_weight > 0`` (UniARM) it adds the BT loss of the alpha-weighted winner
+    (:func:`alpha_weighted_winners`) with beta ``sum_i alpha_i beta_i``.
+
+    Returns:
+        (loss, logs): logs hold each term's value as ``loss_<i>`` / ``loss_global``.
+    """
+    context.set(alpha.to(batch["input_ids"].device))  # once, not once per adapted layer
+    logps = sequence_logprobs(
+        model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+    ).view(-1, 2)
+    weights = alpha.to(device=logps.device, dtype=logps.dtype)
+    labels = batch["labels"]
+    if labels.shape[1] != len(betas):
+        raise ValueError(
+            f"batch has {labels.shape[1]} label columns but {len(betas)} beta_r values"
+        )
+    total = logps.new_zeros(())
+    logs: dict[str, float] = {}
+    for i, beta in enumerate(betas):
+        loss_i, _ = bradley_terry_loss(logps, labels[:, i], beta)
+        total = total + weights[i] * loss_i
+        logs[f"loss_{i}"] = float(loss_i.detach())
+    if global_weight:
+        winners = alpha_weighted_winners(labels, weights)
+        beta_global = float(weights @ weights.new_tensor(list(betas)))
+        loss_g, _ = bradley_terry_loss(logps, winners, beta_global)
+        total = total + global_weight * loss_g
+        logs["loss_global"] = float(loss_g.detach())
+    return total, logs
+
+
+def lane_weights(alphas: torch.Tensor) -> torch.Tensor:
+    """PARM's and UniARM's guidance (METHODS §4.3, §5 step 4): ``log pi_theta(. | alpha)`` itself,
+    one alpha-conditioned lane with weight 1 for every row; ``alphas (B, k) -> (1, B)``."""
+    return alphas.new_ones(1, alphas.shape[0])
+
+
+ConfigT = TypeVar("ConfigT", bound=PreferenceARMConfig)
+
+
+def config_from_json(cls: type[ConfigT], values: dict[str, Any]) -> ConfigT:
+    """Rebuild a config dataclass from its JSON form (lists back to tuples), strictly."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(
+            f"stored {cls.__name__} has unknown field(s) {unknown}; retrain the guide"
+        )
+    kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**kwargs)
+
+
+class PreferenceARM(Method):
+    """Shared training, saving and loading of a preference-conditioned ARM (PARM, UniARM).
+
+    A subclass chooses the adapter (:meth:`inject`) and, optionally, a global-loss weight.
+    """
+
+    config: PreferenceARMConfig
+
+    @abstractmethod
+    def inject(
+        self, model: Any, objectives: Sequence[str], tokenizer: Any | None
+    ) -> dict[str, Any]:
+        """Inject this method's adapters into ``model`` (objectives in alpha order) and return
+        the architecture facts to store in the guide config. ``tokenizer`` is the guide
+        tokenizer when training, None when the adapters are about to be loaded from disk."""
+
+    @property
+    def global_loss_weight(self) -> float:
+        """Weight of the alpha-weighted global BT term (0 for PARM)."""
+        return 0.0
+
+    def beta_r(self, objective: str) -> float:
+        return self.config.beta_r.get(objective, self.config.beta_r_default)
+
+    def pair_loss(self, context: PreferenceContext, objectives: Sequence[str]) -> PairLoss:
+        """The loss of one micro-batch as the trainer calls it: draws alpha for ``micro_step``
+        (:func:`draw_alpha`), then :func:`preference_loss`."""
+        cfg = self.config
+        betas = [self.beta_r(o) for o in objectives]
+
+        def loss(model: Any, batch: dict[str, torch.Tensor], micro_step: int) -> Any:
+            alpha = draw_alpha(cfg.seed, micro_step, len(objectives), cfg.pref_sample_p)
+            return preference_loss(
+                model,
+                context,
+                batch,
+                torch.as_tensor(alpha, dtype=torch.float32),
+                betas,
+                self.global_loss_weight,
+            )
+
+        return loss
+
+    def train(
+        self,
+        task: Task,
+        splits: Splits,
+        spec: RunSpec,
+        out_dir: Path,
+        trainer: TrainerSettings | None = None,
+    ) -> None:
+        cfg = self.config
+        objectives = list(task.objectives)
+        tok = load_tokenizer(spec.guide_model)
+        template = spec.templates.get(spec.guide_model)
+        pairs = tokenize_pairs(
+            splits.train, lambda p: task.render(p.prompt, tok, template), tok, objectives, cfg
+        )
+        model, _ = load_causal_lm(spec.guide_model, dtype="float32", device=spec.device)
+        torch.manual_seed(cfg.seed)  # reproducible adapter initialisation
+        architecture = self.inject(model, objectives, tok)
+        result = train_pairs(
+            model,
+            pairs,
+            self.pair_loss(model.preference_context, objectives),
+            cfg,
+            pad_token_id=tok.pad_token_id,
+            bf16=spec.dtype == "bfloat16",
+            output_dir=str(out_dir / ".trainer"),
+            trainer=trainer,
+        )
+        training = {
+            "pairs": len(pairs),
+            "beta_r": {o: self.beta_r(o) for o in objectives},
+            "alpha_distribution": f"Dirichlet({cfg.pref_sample_p})",
+            **dataclasses.asdict(result),
+        }
+        self.save_guide(
+            model,
+            out_dir,
+            objectives,
+            architecture,
+            guide_model=spec.guide_model,
+            base_model=spec.base_model,
+            training=training,
+        )
+
+    def save_guide(
+        self,
+        model: Any,
+        out_dir: Path,
+        objectives: Sequence[str],
+        architecture: dict[str, Any],
+        *,
+        guide_model: str,
+        base_model: str,
+        training: dict[str, Any] | None = None,
+    ) -> None:
+        """Write ``adapters.safetensors`` and ``guide_config.json`` (objective order, ranks,
+        parameter count, model ids, config, training record) into ``out_dir``."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_adapters(
+            model,
+            out_dir / ADAPTER_FILE,
+            metadata={"method": self.name, "objectives": json.dumps(list(objectives))},
+        )
+        config = {
+            "method": self.name,
+            "objectives": list(objectives),
+            "guide_model": guide_model,
+            "base_model": base_model,
+            "architecture": {
+                **architecture,
+                "trainable_parameters": count_adapter_parameters(model),
+            },
+            "config": dataclasses.asdict(self.config),
+            "training": training or {},
+        }
+        (out_dir / GUIDE_CONFIG).write_text(json.dumps(config, indent=2))
+
+    def guide_spec(self, artifacts: Path, task: Task, models: ModelContext) -> GuideSpec:
+        """One lane: the guide backbone with this method's adapter, conditioned on each row's
+        alpha (weights :func:`lane_weights`)."""
+        stored = json.loads((artifacts / GUIDE_CONFIG).read_text())
+        if stored.get("method") != self.name:
+            raise ConfigError(
+                f"guide in {artifacts} was trained by method '{stored.get('method')}', "
+                f"not '{self.name}'; load it with that method"
+            )
+        check_objectives(stored["objectives"], task, artifacts)
+        # fingerprints: "./m" and "/abs/m" name the same folder (a reused cached guide)
+        if source_fingerprint(stored["guide_model"]) != source_fingerprint(models.guide_source):
+            raise ConfigError(
+                f"guide in {artifacts} was trained on backbone '{stored['guide_model']}' but the "
+                f"run's guide model is '{models.guide_source}'; use the same guide model"
+            )
+        # the architecture comes from the artifact's own config, not from today's defaults
+        trained = type(self)(config_from_json(type(self.config), stored["config"]))
+
+        def install(model: Any) -> None:
+            trained.inject(model, stored["objectives"], tokenizer=None)
+            load_adapters(model, artifacts / ADAPTER_FILE)
+            # the adapters stay in fp32 on a bf16 backbone (computed there, x cast up), as the
+            # official PARM (peft) keeps them: bf16 adapters moved the guide's log-probs by 0.26
+            # against fp32, the official code's by 0.17 (PEER-CHECKS, difference 2)
+            model.eval()
+
+        # map by name: the adapters read alpha in the stored order (never mirror the front)
+        columns = tuple(task.objectives.index(o) for o in stored["objectives"])
+        return GuideSpec((Lane(Conditioned(install, columns)),), lane_weights)
+
+    def random_guide(self, task: Task, models: ModelContext, out_dir: Path, seed: int) -> None:
+        """The adapter of the configured shape with its training init (A, W1, Theta) and random,
+        non-zero B and G (both start at zero in training, which would make the guide the
+        backbone itself and alpha irrelevant), saved as :meth:`train` saves it."""
+        objectives = list(task.objectives)
+        model = models.load_guide_backbone()
+        torch.manual_seed(seed)
+        architecture = self.inject(model, objectives, models.guide_tokenizer)
+        generator = torch.Generator().manual_seed(seed)
+        E = model.preference_context.moslora_E
+        # G o(alpha) of order RANDOM_FILM whatever the scale of the embeddings behind E
+        film_std = 0.0 if E is None else RANDOM_FILM / float(E.norm(dim=1).mean())
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                kind = name.rpartition(".")[2]
+                if kind in ("pblora_B", "moslora_B", "moslora_G"):
+                    std = film_std if kind == "moslora_G" else RANDOM_SCALE
+                    param.copy_(torch.randn(param.shape, generator=generator) * std)
+        self.save_guide(
+            model,
+            out_dir,
+            objectives,
+            architecture,
+            guide_model=models.guide_source,
+            base_model=models.base_source,
+            training={"random": "no training: random weights (mobench bench)"},
+        )
+
+    def trainable_parameters(self, artifacts: Path) -> int:
+        return count_saved_adapter_parameters(artifacts / ADAPTER_FILE)
+
+    @classmethod
+    def estimated_forwards_per_token(cls, spec: RunSpec) -> dict[str, int] | None:
+        """1 base + 1 preference-ARM evaluation per token, whatever the number of objectives
+        (separate forwards, or two lanes of one fused forward)."""
+        return {"base": 1, "guide": 1}
