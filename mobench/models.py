@@ -18,6 +18,7 @@ different sets of weights, so runs, guide caches and scorer caches key on the id
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -628,3 +629,22 @@ def model_record(spec: RunSpec, models: Any) -> dict[str, Any]:
     if "base" in models.resolved:
         out["base"]["loaded_from"] = dataclasses.asdict(models.resolved["base"])
     return out
+
+
+@contextlib.contextmanager
+def scoring_threads(device: str) -> Any:
+    """Score on ONE intra-op thread on CPU: a CPU reduction's order follows the thread count,
+    so even fp32 scores differ in the last bits between 1 and 2 threads (measured: 1e-7 on the
+    unit preset; 0.05 in bf16). One thread everywhere makes a score the same in a single
+    process, in every torchrun rank and on re-scoring; scorers cost little next to generation."""
+    import torch
+
+    if not device.startswith("cpu"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

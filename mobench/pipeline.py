@@ -10,7 +10,6 @@ and the guides' decoding in :mod:`mobench.engine`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -514,6 +513,8 @@ def row_seed(seed: int, prompt_id: str, alpha_index: int) -> int:
 def _score(
     run: RunDirectory, task: Task, test: list[PreferencePair], spec: RunSpec, progress: Progress
 ) -> int:
+    from mobench.models import scoring_threads
+
     # a shard scores only its own prompts' rows, so it never needs the other shards finished
     gens = run.generations(allow_partial=run.shard is not None)
     prompts = {p.id: p for p in test}
@@ -562,25 +563,6 @@ def _score(
     timing = (run.read(run.own("timing.json"), {}) or {}).get("score", {})
     _update_timing(run, "score", wall_s=float(timing.get("wall_s", 0.0)) + time.perf_counter() - t0)
     return n_todo
-
-
-@contextlib.contextmanager
-def scoring_threads(device: str) -> Any:
-    """Score on ONE intra-op thread on CPU: a CPU reduction's order follows the thread count,
-    so even fp32 scores differ in the last bits between 1 and 2 threads (measured: 1e-7 on the
-    unit preset; 0.05 in bf16). One thread everywhere makes a score the same in a single
-    process, in every torchrun rank and on re-scoring; scorers cost little next to generation."""
-    import torch
-
-    if not device.startswith("cpu"):
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- 4. metrics

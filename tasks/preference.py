@@ -163,11 +163,16 @@ def relabel_cached(
     objective: str,
     scorer_key: str,
     get_scorer: Callable[[], Scorer],
+    device: str = "cpu",
 ) -> tuple[list[PreferencePair], dict[str, Any]]:
     """PARM relabelling of ``pairs`` for one objective, scores read from / added to the cache.
 
-    ``get_scorer`` is only called when some response has no cached score.
+    ``get_scorer`` is only called when some response has no cached score. Scores are computed
+    on one CPU thread, as the run's own scoring (:func:`mobench.models.scoring_threads`): a
+    label decided by a near-tie must not depend on the machine's thread count.
     """
+    from mobench.models import scoring_threads
+
     cache = ScoreCache(score_cache_dir() / f"{scorer_key}.jsonl")
     todo: dict[str, tuple[Conversation, str]] = {}
     for p in pairs:
@@ -183,7 +188,8 @@ def relabel_cached(
         log.info("relabel %s: scoring %d responses with %s", objective, len(items), fingerprint)
         for start in range(0, len(items), RELABEL_CHUNK):
             chunk = items[start : start + RELABEL_CHUNK]
-            values = scorer.score([v[0] for _, v in chunk], [v[1] for _, v in chunk])
+            with scoring_threads(device):
+                values = scorer.score([v[0] for _, v in chunk], [v[1] for _, v in chunk])
             cache.add([k for k, _ in chunk], list(values), fingerprint)
 
     def lookup(prompts: Sequence[Conversation], responses: Sequence[str]) -> np.ndarray:
@@ -280,6 +286,7 @@ class PreferenceTask(Task):
                         objective,
                         self.scorer_key(spec, objective),
                         functools.partial(self.scorer, spec, objective),
+                        spec.device,
                     )
                     for i, p in zip(idx, new, strict=True):
                         rows[i] = p

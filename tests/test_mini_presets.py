@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from mobench.config import ConfigError
-from mobench.resolve import resolve_spec
 from mobench.registry import get_preset, register_preset
+from mobench.resolve import resolve_spec
 
 
 def test_safety_mini_keeps_pkus_human_harmless_label() -> None:

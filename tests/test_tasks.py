@@ -36,6 +36,8 @@ class LengthScorer(Scorer):
     """Scores a response by its length in characters; counts the responses it scored."""
 
     calls: ClassVar[list[int]] = []
+    #: torch's intra-op thread count seen by each score() call
+    threads: ClassVar[list[int]] = []
 
     def __init__(self, objective: str, source: str, *, device: str, dtype: str) -> None:
         self.objective = objective
@@ -43,7 +45,10 @@ class LengthScorer(Scorer):
         self.sign = -1.0 if source == "shortest" else 1.0
 
     def score(self, prompts, responses) -> np.ndarray:
+        import torch
+
         LengthScorer.calls.append(len(responses))
+        LengthScorer.threads.append(torch.get_num_threads())
         return self.sign * np.array([float(len(r)) for r in responses])
 
 
@@ -212,6 +217,26 @@ def test_relabel_all_uses_the_scorers_and_caches_their_scores(
     again = task_of("safety").load(spec)
     assert length_scorer.calls == []
     assert [p.labels for p in again.train] == [p.labels for p in splits.train]
+
+
+def test_relabelling_scores_on_one_cpu_thread(
+    tmp_path: Path, length_scorer: type[LengthScorer]
+) -> None:
+    """A label decided by a near-tie must not depend on the thread count: relabelling scores on
+    one thread, like the run's own scoring, and gives the caller its threads back."""
+    import torch
+
+    path = write_rows(tmp_path / "pku.jsonl", PKU_ROWS)
+    spec = make_spec("safety", str(path), split_sizes=(30, 4, 6), task_options=opts(relabel="all"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        length_scorer.threads.clear()
+        task_of("safety").load(spec)
+        assert length_scorer.threads and set(length_scorer.threads) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_relabel_missing_fills_only_absent_labels(
