@@ -27,6 +27,7 @@ __all__ = [
     "paired_differences",
     "pareto_front",
     "percentile_interval",
+    "percentile_tails",
     "prompt_resamples",
     "reference_point",
     "resampled_points",
@@ -248,11 +249,26 @@ def resampled_points(cube: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return (counts @ flat / n_prompts).reshape(len(counts), n_alphas, n_objectives)
 
 
+def percentile_tails(level: float = 0.95) -> list[float]:
+    """The two percentiles (in %) that bound the central ``level`` of a distribution."""
+    return [100.0 * (1.0 - level) / 2.0, 100.0 * (1.0 + level) / 2.0]
+
+
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
     """The central ``level`` percentile interval ``[lo, hi]`` of ``values`` along axis 0."""
-    tails = [100.0 * (1.0 - level) / 2.0, 100.0 * (1.0 + level) / 2.0]
-    lo, hi = np.percentile(values, tails)
+    lo, hi = np.percentile(values, percentile_tails(level))
     return [float(lo), float(hi)]
+
+
+def _resampled_hv_mip(
+    boot_points: np.ndarray, alpha: np.ndarray, ref: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """HV and MIP of every resample's points ``(B, A, K)``: two ``(B,)`` arrays."""
+    mip = np.einsum("bak,ak->ba", boot_points, alpha).mean(axis=1)
+    # pymoo per resample costs ~15 µs for a grid-sized front, so a loop is fast enough
+    # (1000 resamples well under a second) and keeps a single HV implementation.
+    hv = np.array([_hypervolume_unchecked(p, ref) for p in boot_points])
+    return hv, mip
 
 
 def bootstrap_intervals(
@@ -296,14 +312,9 @@ def bootstrap_intervals(
 
     boot_points = resampled_points(cube, prompt_resamples(n_prompts, n_boot, seed))
 
-    boot_mip = np.einsum("bak,ak->ba", boot_points, alpha).mean(axis=1)
-    # pymoo per resample costs ~15 µs for a grid-sized front, so a loop is fast enough
-    # (1000 resamples well under a second) and keeps a single HV implementation.
-    boot_hv = np.array([_hypervolume_unchecked(p, ref) for p in boot_points])
-
-    tails = [100.0 * (1.0 - level) / 2.0, 100.0 * (1.0 + level) / 2.0]
+    boot_hv, boot_mip = _resampled_hv_mip(boot_points, alpha, ref)
     # percentile returns (2, A, K); the record wants [lo, hi] innermost.
-    point_bounds = np.moveaxis(np.percentile(boot_points, tails, axis=0), 0, -1)
+    point_bounds = np.moveaxis(np.percentile(boot_points, percentile_tails(level), axis=0), 0, -1)
     return {
         "hv": percentile_interval(boot_hv, level),
         "mip": percentile_interval(boot_mip, level),
@@ -357,18 +368,9 @@ def paired_differences(
             out[name] = {"diff": float(diff), "ci": None, "distinguishable": False}
         return out
     counts = prompt_resamples(n_prompts, n_boot, seed)
-    boot_a, boot_b = resampled_points(a, counts), resampled_points(b, counts)
-    boot = {
-        "hv": np.array(
-            [
-                _hypervolume_unchecked(x, ref) - _hypervolume_unchecked(y, ref)
-                for x, y in zip(boot_a, boot_b)
-            ]
-        ),
-        "mip": (
-            np.einsum("bak,ak->ba", boot_a, alpha) - np.einsum("bak,ak->ba", boot_b, alpha)
-        ).mean(axis=1),
-    }
+    hv_a, mip_a = _resampled_hv_mip(resampled_points(a, counts), alpha, ref)
+    hv_b, mip_b = _resampled_hv_mip(resampled_points(b, counts), alpha, ref)
+    boot = {"hv": hv_a - hv_b, "mip": mip_a - mip_b}
     for name, diff in diffs.items():
         lo, hi = percentile_interval(boot[name], level)
         out[name] = {"diff": float(diff), "ci": [lo, hi], "distinguishable": lo > 0 or hi < 0}

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from mobench.metrics import prompt_resamples, resampled_points
+from mobench.metrics import percentile_tails, prompt_resamples, resampled_points
 
 #: a front steers an objective when its Spearman reaches this (the issue's "say, 0.5")
 MIN_SPEARMAN = 0.5
@@ -129,7 +129,7 @@ def steering_diagnostics(
     boot = None
     if n_prompts >= 2:
         boot = resampled_points(cube, prompt_resamples(n_prompts, n_boot, seed))
-    tails = [100.0 * (1.0 - level) / 2.0, 100.0 * (1.0 + level) / 2.0]
+    tails = percentile_tails(level)
 
     per_objective: dict[str, dict[str, Any]] = {}
     for k, name in enumerate(objectives):
