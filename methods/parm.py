@@ -52,7 +52,6 @@ from mobench.methods.preference_arm import (
     PreferenceARMConfig,
     PreferenceContext,
     accumulate_update,
-    add_on_active_rows,
     inject_adapters,
 )
 from torch import Tensor, nn
@@ -123,14 +122,7 @@ class PBLoRALinear(PreferenceAdapterLinear):
         theta = self.pblora_Theta
         return (alphas.to(theta.dtype) @ theta).view(-1, self.r2, self.r2)
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.base_layer(x)
-        if self.context.off:  # no row of this forward runs the adapter
-            return out
-        tail = self._inference_tail(x)
-        if tail is not None:
-            return self._inference_forward(x, out, tail)
-        alphas, active = self.context.rows(x)
+    def update(self, x: Tensor, alphas: Tensor) -> Tensor:
         # the adapter's own dtype (fp32 by default, also on a bf16 backbone; x is cast up)
         dt, batch = self.pblora_A.dtype, x.shape[0]
         # A first: everything after this is rank-sized, never an n x m delta-W.
@@ -140,8 +132,7 @@ class PBLoRALinear(PreferenceAdapterLinear):
         # batched (r2 x r2) matmul with one core per row.
         w2 = self.preference_core(alphas).to(dt)
         v = torch.cat([F.linear(u1, self.pblora_W1.to(dt)), u2 @ w2.transpose(1, 2)], dim=-1)
-        update = F.linear(v * self.scaling, self.pblora_B.to(dt))
-        return add_on_active_rows(out, update.reshape(out.shape), active)
+        return F.linear(v * self.scaling, self.pblora_B.to(dt))
 
     def _inference_forward(self, x: Tensor, out: Tensor, tail: int) -> Tensor:
         """The same update for decoding: only on the active rows ``x[tail:]``, with each row's

@@ -282,6 +282,27 @@ class PreferenceAdapterLinear(nn.Module):
         self.dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._derived: tuple[tuple[int, torch.dtype, int], tuple[Tensor, ...]] | None = None
 
+    def forward(self, x: Tensor) -> Tensor:
+        """``W0 x`` plus the layer's preference update (:meth:`update`) on the rows whose
+        adapter is active; decoding takes the cached inference path (:meth:`_inference_forward`)."""
+        out = self.base_layer(x)
+        if self.context.off:  # no row of this forward runs the adapter
+            return out
+        tail = self._inference_tail(x)
+        if tail is not None:
+            return self._inference_forward(x, out, tail)
+        alphas, active = self.context.rows(x)
+        return add_on_active_rows(out, self.update(x, alphas).reshape(out.shape), active)
+
+    def update(self, x: Tensor, alphas: Tensor) -> Tensor:
+        """The layer's equation: its low-rank update of ``x`` (B, ..., in) for per-row
+        ``alphas`` (B, k), in the adapter's own dtype (fp32 also on a bf16 backbone)."""
+        raise NotImplementedError
+
+    def _inference_forward(self, x: Tensor, out: Tensor, tail: int) -> Tensor:
+        """:meth:`update` added to ``out`` on the active tail rows ``x[tail:]``, decoding only."""
+        raise NotImplementedError
+
     def _inference_tail(self, x: Tensor) -> int | None:
         """Start of the active rows when this forward may take the inference path: no
         gradients, no dropout, and the active rows a tail of the batch (see

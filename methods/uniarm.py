@@ -61,7 +61,6 @@ from mobench.methods.preference_arm import (
     PreferenceARMConfig,
     PreferenceContext,
     accumulate_update,
-    add_on_active_rows,
     inject_adapters,
 )
 from torch import Tensor, nn
@@ -156,21 +155,13 @@ class ModulatedLoRALinear(PreferenceAdapterLinear):
         gamma, delta = F.linear(mixed, G).split(self.r, dim=-1)
         return gamma, delta
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.base_layer(x)
-        if self.context.off:  # no row of this forward runs the adapter
-            return out
-        tail = self._inference_tail(x)
-        if tail is not None:
-            return self._inference_forward(x, out, tail)
-        alphas, active = self.context.rows(x)
+    def update(self, x: Tensor, alphas: Tensor) -> Tensor:
         # the adapter's own dtype (fp32 by default, also on a bf16 backbone; x is cast up)
         dt, batch = self.moslora_A.dtype, x.shape[0]
         u = F.linear(self.dropout(x.to(dt)), self.moslora_A).reshape(batch, -1, self.r)
         gamma, delta = (t.to(dt) for t in self.film(alphas))
         u = (1 + gamma[:, None]) * u + delta[:, None]  # per-row scale and shift of the features
-        update = F.linear(u * self.scaling, self.moslora_B.to(dt))
-        return add_on_active_rows(out, update.reshape(out.shape), active)
+        return F.linear(u * self.scaling, self.moslora_B.to(dt))
 
     def _inference_forward(self, x: Tensor, out: Tensor, tail: int) -> Tensor:
         """The same update for decoding: only on the active rows ``x[tail:]``, with each row's
