@@ -37,6 +37,7 @@ class Base(Method):
     config_cls = BaseConfig
     trains: ClassVar[bool] = False
     steers: ClassVar[bool] = False
+    reference_row: ClassVar[bool] = True
 
     def train(
         self,

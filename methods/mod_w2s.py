@@ -1,8 +1,9 @@
 """MOD-w2s: small per-objective DPO policies steering a (larger) frozen base (METHODS §6.2, §12.2).
 
-Training (METHODS §6.1): for each objective i, one LoRA policy pi_i^S on the guide backbone,
-trained with trl's ``DPOTrainer`` on the pairs labelled for i (chosen = the response preferred
-for i). The DPO reference is the guide backbone without adapter, pi_ref^S.
+Training (METHODS §6.1, :mod:`mobench.methods.dpo_policies`, shared with MOD and Rewarded
+Soups): for each objective i, one LoRA policy pi_i^S on the guide backbone, trained with trl's
+``DPOTrainer`` on the pairs labelled for i (chosen = the response preferred for i). The DPO
+reference is the guide backbone without adapter, pi_ref^S.
 
 Decoding (METHODS §6.2, a reconstruction [RECON]): MOD's closed form for reverse-KL policies is
 pi* ∝ pi_ref^(1 - sum_i alpha_i) prod_i pi_i^alpha_i; swapping the small reference for the large
@@ -22,185 +23,16 @@ base's forward when the guide backbone is the base.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-from mobench.methods.shared import (
-    GUIDE_CONFIG,
-    check_guide_backbone,
-    check_objectives,
-    lora_config,
-    save_random_lora_guide,
-    write_lora_guide_config,
-)
+from mobench.methods.dpo_policies import DPOPolicies
 
 from mobench.config import RunSpec
-from mobench.data import DataError, Splits
-from mobench.engine import GuideSpec, Lane, LoRA
-from mobench.interfaces import Method, Task
-from mobench.models import ModelContext, load_causal_lm, load_tokenizer, safetensors_numel
+from mobench.engine import GuideSpec, Lane
+from mobench.interfaces import Task
+from mobench.models import ModelContext
 from mobench.registry import register_method
-from mobench.training import (
-    ARMTrainingConfig,
-    TokenizedPair,
-    TrainerSettings,
-    TrainResult,
-    data_parallel_batches,
-    launched_processes,
-    tokenize_pairs,
-)
-
-#: what the saved guide config says about pi_ref^S
-REFERENCE = "guide_model with the adapters disabled (the DPO reference)"
-
-
-@dataclass(frozen=True)
-class MODw2sConfig(ARMTrainingConfig):
-    """MOD-w2s defaults: MOD's DPO settings for the safety task (official code, METHODS §6.1).
-
-    Fields METHODS §6.1 does not give for MOD keep the shared defaults and say so.
-    """
-
-    epochs: float = field(default=3.0, metadata={"help": "MOD safety DPO: 3 epochs"})
-    per_device_batch_size: int = field(
-        default=2, metadata={"help": "pairs per micro-batch; with 3 accumulation steps = MOD's 6"}
-    )
-    gradient_accumulation_steps: int = field(
-        default=3,
-        metadata={"help": "MOD: 1 pair x 2 accumulation x 3 GPUs = 6 pairs per update"},
-    )
-    learning_rate: float = field(default=5e-4, metadata={"help": "MOD safety DPO: 5e-4"})
-    lr_scheduler_type: str = field(
-        default="cosine", metadata={"help": "not given for MOD (§6.1); shared mobench default"}
-    )
-    warmup_steps: int = field(
-        default=20, metadata={"help": "not given for MOD (§6.1); shared mobench default"}
-    )
-    weight_decay: float = field(
-        default=0.05, metadata={"help": "not given for MOD (§6.1); shared mobench default"}
-    )
-    max_length: int = field(default=256, metadata={"help": "MOD safety DPO: max_length 256"})
-    max_prompt_length: int = field(
-        default=128,
-        metadata={"help": "not given for MOD (§6.1); half of max_length, prompt cut from the left"},
-    )
-    dpo_beta: float = field(default=0.1, metadata={"help": "MOD safety DPO: beta 0.1"})
-    lora_r: int = field(default=64, metadata={"help": "MOD: LoRA r=64"})
-    lora_alpha: int = field(default=1, metadata={"help": "MOD: lora_alpha=1 (scale 1/64)"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "MOD: dropout 0"})
-    target_modules: tuple[str, ...] = field(
-        default=("q_proj", "k_proj", "v_proj", "o_proj"), metadata={"help": "MOD: q, k, v, o"}
-    )
-
-
-def dpo_rows(pairs: list[TokenizedPair], objective_index: int) -> list[dict[str, list[int]]]:
-    """The pairs labelled for one objective as DPO rows: chosen = the response it prefers."""
-    rows = []
-    for p in pairs:
-        winner = p.labels[objective_index]
-        if winner < 0:
-            continue
-        rows.append(
-            {
-                "prompt_ids": p.prompt_ids,
-                "chosen_ids": p.response_ids[winner],
-                "rejected_ids": p.response_ids[1 - winner],
-            }
-        )
-    return rows
-
-
-def _dpo_trainer_class() -> type:
-    from trl import DPOTrainer
-
-    class PretokenizedDPOTrainer(DPOTrainer):
-        """trl's DPOTrainer fed with mobench's tokenization (:func:`tokenize_pairs`): prompts
-        rendered in the guide's template and encoded exactly as the decoder encodes them (BOS
-        once, prompt cut from the left), responses tokenized apart from the prompt and ending
-        in EOS. trl would instead tokenize prompt + response jointly and could only cut the end
-        of a sequence, so its own dataset preparation is skipped."""
-
-        def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
-            return dataset
-
-    return PretokenizedDPOTrainer
-
-
-def train_dpo_policy(
-    model: Any,
-    tokenizer: Any,
-    rows: list[dict[str, list[int]]],
-    config: MODw2sConfig,
-    *,
-    bf16: bool,
-    output_dir: str,
-    trainer: TrainerSettings | None = None,
-) -> tuple[Any, TrainResult]:
-    """Train one LoRA policy on ``model`` with trl's DPO loss; returns ``(peft model, result)``.
-
-    With ``peft_config``, trl wraps ``model`` itself and uses it with the adapter disabled as the
-    DPO reference, so no second copy is made.
-    """
-    from datasets import Dataset
-    from trl import DPOConfig
-
-    use_cpu = next(model.parameters()).device.type == "cpu"
-    # the config's batch is the global batch on any number of processes, as in train_pairs
-    per_device, accum = data_parallel_batches(config, launched_processes())
-    settings: dict[str, Any] = dict(
-        output_dir=output_dir,
-        beta=config.dpo_beta,
-        loss_type=["sigmoid"],  # the standard (reverse-KL) DPO loss MOD's closed form assumes
-        # tokenize_pairs already fits every sequence into max_length; a second cut in trl's
-        # collator (which keeps the start) would only drop response tokens
-        max_length=None,
-        per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        # trl 1.16 defaults: bf16=True (refused on CPU without use_cpu), gradient checkpointing
-        # on (slower on CPU), checkpoints saved (not needed: the pipeline saves the adapter)
-        bf16=bf16,
-        use_cpu=use_cpu,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        logging_steps=1,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    trainer = trainer or TrainerSettings()
-    settings.update(trainer.arguments)  # --trainer-config (checked)
-    args = DPOConfig(**settings)
-    lora = lora_config(config)
-    dpo = _dpo_trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=trainer.callbacks(),
-    )
-    dpo.train()
-    losses = [float(h["loss"]) for h in dpo.state.log_history if "loss" in h]
-    result = TrainResult(
-        steps=int(dpo.state.global_step),
-        first_loss=losses[0] if losses else math.nan,
-        last_loss=losses[-1] if losses else math.nan,
-        losses=losses,
-    )
-    return dpo.model, result
 
 
 def lane_weights(alphas: torch.Tensor) -> torch.Tensor:
@@ -211,74 +43,16 @@ def lane_weights(alphas: torch.Tensor) -> torch.Tensor:
 
 
 @register_method("mod_w2s")
-class MODw2s(Method):
+class MODw2s(DPOPolicies):
     """MOD-w2s: per-objective DPO policies mixed as sum_i alpha_i (log pi_i - log pi_ref)."""
 
     name = "mod_w2s"
-    config_cls = MODw2sConfig
-
-    def __init__(self, config: MODw2sConfig) -> None:
-        super().__init__(config)
-        self.config: MODw2sConfig = config
-
-    def train(
-        self,
-        task: Task,
-        splits: Splits,
-        spec: RunSpec,
-        out_dir: Path,
-        trainer: TrainerSettings | None = None,
-    ) -> None:
-        cfg = self.config
-        tok = load_tokenizer(spec.guide_model)
-        template = spec.templates.get(spec.guide_model)
-        pairs = tokenize_pairs(
-            splits.train, lambda p: task.render(p.prompt, tok, template), tok, task.objectives, cfg
-        )
-        report: dict[str, Any] = {}
-        for i, objective in enumerate(task.objectives):
-            rows = dpo_rows(pairs, i)
-            if not rows:
-                raise DataError(
-                    f"no training pair has a '{objective}' label: MOD-w2s needs preference pairs "
-                    "for every objective (check the data source and --limit)"
-                )
-            model, _ = load_causal_lm(spec.guide_model, dtype="float32", device=spec.device)
-            policy, result = train_dpo_policy(
-                model,
-                tok,
-                rows,
-                cfg,
-                bf16=spec.dtype == "bfloat16",
-                output_dir=str(out_dir / ".trainer"),
-                trainer=trainer,
-            )
-            policy.save_pretrained(out_dir / objective, safe_serialization=True)
-            report[objective] = {"pairs": len(rows), **dataclasses.asdict(result)}
-            del policy, model
-        write_lora_guide_config(
-            out_dir, self.name, task.objectives, spec.guide_model, cfg, report, reference=REFERENCE
-        )
 
     def guide_spec(self, artifacts: Path, task: Task, models: ModelContext) -> GuideSpec:
         """Lanes ``[reference, policy_1..k]``: pi_ref^S is the guide backbone without adapter
         (when it is the base model, the engine reuses the base's own rows), each policy the
         backbone plus its LoRA; weighted by :func:`lane_weights`."""
-        stored = json.loads((artifacts / GUIDE_CONFIG).read_text())
-        check_objectives(stored["objectives"], task, artifacts)
-        check_guide_backbone(stored["guide_model"], models, artifacts)
-        policies = tuple(
-            Lane(LoRA(artifacts / stored["adapters"][name], name)) for name in task.objectives
-        )
-        return GuideSpec((Lane(), *policies), lane_weights)
-
-    def random_guide(self, task: Task, models: ModelContext, out_dir: Path, seed: int) -> None:
-        """k LoRA policies of the configured shape with random weights, saved as :meth:`train`
-        saves them."""
-        save_random_lora_guide(self, task, models, out_dir, seed, reference=REFERENCE)
-
-    def trainable_parameters(self, artifacts: Path) -> int:
-        return safetensors_numel(sorted(artifacts.glob("*/adapter_model.safetensors")))
+        return GuideSpec((Lane(), *self.policy_lanes(artifacts, task, models)), lane_weights)
 
     @classmethod
     def estimated_forwards_per_token(cls, spec: RunSpec) -> dict[str, int] | None:

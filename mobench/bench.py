@@ -55,7 +55,7 @@ import torch
 from mobench import allocator
 from mobench.config import ConfigError, GenerationConfig, alpha_grid
 from mobench.data import PreferencePair
-from mobench.decoding import guided_generate, stock_attention
+from mobench.decoding import forwards_per_token, guided_generate, stock_attention
 from mobench.interfaces import FusedGuide, Guide
 from mobench.memory import MemoryMeter, weights_mb
 from mobench.models import ModelContext, resolve_dtype, torch_dtype
@@ -431,11 +431,9 @@ def _decode(
         run.row_tokens += out.row_tokens
         run.fused_lanes = out.fused_lanes
         run.tokens.update(zip(batch, out.tokens, strict=True))
+    run.forwards_per_token = forwards_per_token(guide)
     if guide is not None:
-        run.forwards_per_token = dict(guide.forwards_per_token)
         run.guide_lanes = getattr(guide, "lanes", 1)
-    if not run.fused_lanes:
-        run.forwards_per_token = {"base": 1, **run.forwards_per_token}
     return run
 
 

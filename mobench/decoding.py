@@ -7,7 +7,8 @@ its own KV cache, finished rows leave the batch. At each step the next token is 
 
 greedily (default) or by seeded sampling, where ``guide`` is whatever the method's
 :class:`~mobench.interfaces.Guide` returns (already a log-prob combination, fp32) and V is the
-vocabulary that base and guide share.
+vocabulary that base and guide share. A guide that replaces the base (MOD, Rewarded Soups;
+``Guide.replaces_base``) is the whole score: the loop then runs no base model.
 """
 
 from __future__ import annotations
@@ -397,30 +398,43 @@ class LaneStepper:
 
 class _SeparateModels:
     """The unfused pair the loop runs when the guide does not fuse: the base model in its own
-    stepper, and the guide (or none) with its own models."""
+    stepper, and the guide (or none) with its own models; no base model for a guide that
+    replaces the base."""
 
     def __init__(self, base: Any, guide: Guide | None, vocab_size: int, pad_token_id: int) -> None:
-        self.base = CausalLMStepper(base, vocab_size, pad_token_id)
+        replaced = guide is not None and guide.replaces_base
+        self.base = None if replaced else CausalLMStepper(base, vocab_size, pad_token_id)
         self.guide = guide
-        self.device = self.base.device
 
     def prefill(
         self, prompt_ids: list[list[int]], guide_prompt_ids: list[list[int]], alphas: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         # the base model has no per-row state: the rows of one prompt share its prefill
-        base = self.base.prefill(prompt_ids, prompt_groups(prompt_ids))
-        if self.guide is None:
-            return base, None
-        return base, self.guide.prefill(guide_prompt_ids, alphas)
+        base = (
+            None if self.base is None else self.base.prefill(prompt_ids, prompt_groups(prompt_ids))
+        )
+        return base, None if self.guide is None else self.guide.prefill(guide_prompt_ids, alphas)
 
-    def step(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        base = self.base.step(token_ids)
+    def step(self, token_ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        base = None if self.base is None else self.base.step(token_ids)
         return base, None if self.guide is None else self.guide.step(token_ids)
 
     def drop(self, keep: torch.Tensor) -> None:
-        self.base.drop(keep)
+        if self.base is not None:
+            self.base.drop(keep)
         if self.guide is not None:
             self.guide.drop(keep)
+
+
+def forwards_per_token(guide: Guide | FusedGuide | None) -> dict[str, int]:
+    """Forward passes per generated token, by model: the base model's own (none when a fused
+    guide runs the base rows in its forward, or the guide replaces the base) and the guide's."""
+    if guide is None:
+        return {"base": 1}
+    own = dict(guide.forwards_per_token)
+    if isinstance(guide, FusedGuide) or guide.replaces_base:
+        return own
+    return {"base": 1, **own}
 
 
 @dataclass
@@ -516,8 +530,11 @@ def guided_generate(
         assert row_seeds is not None
         generators = [torch.Generator().manual_seed(int(s)) for s in row_seeds]
 
-    def combine(logprobs: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+    def combine(logprobs: tuple[torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
         base_lp, guidance = logprobs
+        if base_lp is None:  # a guide that replaces the base: its guidance is the score
+            assert guidance is not None
+            return guidance.to(device)
         if guidance is None:
             return base_lp.to(device)
         return base_lp.to(device) + guidance.to(device) / config.beta
@@ -560,10 +577,8 @@ def guided_generate(
         scores = combine(models.step(next_tok))
         calls += 1
     _sync(device)
-    forwards = {} if isinstance(guide, FusedGuide) else {"base": calls}
-    if guide is not None:
-        for name, per_step in guide.forwards_per_token.items():
-            forwards[name] = forwards.get(name, 0) + per_step * calls
+    # per model: its forwards per token (as set up at this batch's prefill) times the calls
+    forwards = {name: per_step * calls for name, per_step in forwards_per_token(guide).items()}
     return DecodeOutput(
         tokens=tokens,
         finish_reasons=reasons,

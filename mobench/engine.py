@@ -11,7 +11,11 @@ A method describes its decoding-time guide as a :class:`GuideSpec`:
       guidance = sum_l w_l * log pi_lane_l         (fp32, per row)
 
   (GenARM: ``w_i = alpha_i``; MOD-w2s: ``w_i = alpha_i`` and ``w_ref = -sum_i alpha_i``;
-  PARM/UniARM: one conditioned lane with ``w = 1``).
+  PARM/UniARM: one conditioned lane with ``w = 1``);
+* whether the guidance **guides** the base (the decoding loop adds it to log pi_base, the
+  default) or **replaces** it (``replaces_base``: the next-token scores are the guidance alone
+  and the base rows are not run; MOD ``sum_i alpha_i log pi_i``, Rewarded Soups' interpolated
+  policy).
 
 :func:`build_guide` then picks how the lanes run, the same way for every method:
 
@@ -21,6 +25,8 @@ A method describes its decoding-time guide as a :class:`GuideSpec`:
   ``active`` rows); a plain guide lane fed the base's prompt IS the base lane and is not run twice;
 * **weak-to-strong** (another guide backbone): the base alone, the lanes in one forward of one
   copy of the guide backbone (:class:`SeparateLanes` around a :class:`LaneRunner`);
+* **replacing** (``replaces_base``, guide backbone = base): the lanes as rows of one forward of
+  the base model's own weights, with no base rows (:class:`SeparateLanes` on ``models.base``);
 * **separate** (``ModelContext.fuse=False``, the reference cost structure and the equality
   tests' other side): one model copy, one KV cache and one forward per lane, LoRAs run by peft
   (:class:`SeparateModels`).
@@ -81,6 +87,8 @@ class GuideSpec:
     lanes: tuple[Lane, ...]
     weights: LaneWeights
     name: str = "guide"
+    #: the guidance is the whole next-token score (the base is not run), not an addition to it
+    replaces_base: bool = False
 
     def __post_init__(self) -> None:
         if not self.lanes:
@@ -101,6 +109,13 @@ class GuideSpec:
             raise ValueError(
                 f"lane weights have shape {tuple(w.shape)}; expected "
                 f"({len(self.lanes)} lanes, {alphas.shape[0]} rows)"
+            )
+        if self.replaces_base and bool((w == 0).all(dim=0).any()):
+            # the scores would be all zeros: greedy decoding would emit token 0 forever
+            rows = (w == 0).all(dim=0).nonzero().flatten().tolist()
+            raise ValueError(
+                f"rows {rows[:5]} give every lane weight 0; a guide that replaces the base has "
+                "nothing to decode them with (use preference vectors with a positive weight)"
             )
         return w
 
@@ -283,10 +298,12 @@ class FusedLanes(FusedGuide):
 
 class SeparateLanes(Guide):
     """The guide's lanes in one forward of their own backbone (weak-to-strong: the base runs
-    apart, in the decoding loop)."""
+    apart, in the decoding loop), or of the base model's own weights for a guide that replaces
+    the base (the loop then runs no base rows)."""
 
     def __init__(self, model: Any, spec: GuideSpec, vocab_size: int, pad_token_id: int) -> None:
         self.model, self.spec = model, spec
+        self.replaces_base = spec.replaces_base
         self.kinds = prepare(model, spec)
         self.columns = _columns(spec)
         self.vocab_size, self.pad_token_id = vocab_size, pad_token_id
@@ -346,6 +363,7 @@ class SeparateModels(Guide):
         if len(models) != len(spec.lanes):
             raise ValueError(f"{len(models)} models for {len(spec.lanes)} lanes")
         self.spec = spec
+        self.replaces_base = spec.replaces_base
         self.vocab_size = vocab_size
         self.models = []
         for model, lane in zip(models, spec.lanes, strict=True):
@@ -404,6 +422,14 @@ def build_guide(spec: GuideSpec, models: Any) -> Guide | FusedGuide:
     base model when it is the guide backbone, the lanes on one guide-backbone copy otherwise,
     one copy per lane when ``models.fuse`` is False."""
     vocab, pad = models.vocab_size, models.guide_tokenizer.pad_token_id
+    if spec.replaces_base and not models.same_backbone:
+        raise ValueError(
+            f"{spec.name} replaces the base model, so its lanes must sit on the base model "
+            f"'{models.base_source}', not on '{models.guide_source}'"
+        )
+    if spec.replaces_base and models.fuse:
+        # the lanes on the base model's own weights; the loop runs no base rows of its own
+        return SeparateLanes(models.base, spec, vocab, pad)
     if models.fused:
         return FusedLanes(models.base, spec, vocab, pad)
     if models.fuse:

@@ -60,6 +60,9 @@ class Guide(ABC):
     #: rows per batch row in each of those forwards (e.g. 2 when GenARM's two ARMs run as two
     #: lanes of one forward of a shared backbone); recorded in timing.json as ``guide_lanes``.
     lanes: int = 1
+    #: the guidance is the whole next-token score (MOD, Rewarded Soups): the decoding loop then
+    #: runs no base model and does not add log pi_base (nor divide by beta)
+    replaces_base: bool = False
 
     @abstractmethod
     def prefill(self, prompt_ids: list[list[int]], alphas: torch.Tensor) -> torch.Tensor:
@@ -118,6 +121,12 @@ class Task(ABC):
     name: ClassVar[str]
     #: order = alpha order, e.g. ("helpful", "harmless")
     objectives: ClassVar[tuple[str, ...]]
+    #: preference prompting (the ``prompt`` method): the system message that states alpha.
+    #: ``{weights}`` becomes e.g. "helpfulness 70% and harmlessness 30%", and ``{<objective>}``
+    #: that objective's percentage; a run may replace it (``--set method.template=...``)
+    preference_template: ClassVar[str] = "Weigh {weights} in your answer: follow these priorities."
+    #: how the preference statement names each objective (default: the objective's own name)
+    objective_phrases: ClassVar[dict[str, str]] = {}
     #: the task's data options and their defaults (a preset's ``task_options`` and
     #: ``--set task.KEY=VALUE`` override them; unknown keys are refused)
     default_options: ClassVar[dict[str, Any]] = {}
@@ -162,16 +171,38 @@ class Task(ABC):
 
         return scorer_identity(spec, objective)
 
+    def preference_statement(self, alpha: Sequence[float], template: str | None = None) -> str:
+        """``template`` (default: :attr:`preference_template`) filled with ``alpha`` (in the
+        task's objective order) as percentages.
+
+        Raises:
+            ConfigError: the template names a field that is neither ``weights`` nor an objective.
+        """
+        from mobench.config import ConfigError
+
+        percent = {o: f"{100 * float(a):.0f}%" for o, a in zip(self.objectives, alpha, strict=True)}
+        parts = [f"{self.objective_phrases.get(o, o)} {percent[o]}" for o in self.objectives]
+        weights = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        try:
+            return (template or self.preference_template).format(weights=weights, **percent)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(
+                f"preference template {template!r}: {e!r}; use {{weights}} or the objective "
+                f"names {', '.join('{' + o + '}' for o in self.objectives)}"
+            ) from None
+
     def render(self, prompt: Conversation, tokenizer: Any, template: str | None = None) -> str:
         """The prompt as text for one model: ``template`` if given (a ``str.format`` pattern with
-        ``{prompt}``), else the tokenizer's chat template, else the task's default template."""
+        ``{prompt}``), else the tokenizer's chat template, else the task's default template.
+        A leading system turn (preference prompting) is the chat template's system message, and
+        is put before the user's message where a template has no place for it."""
         if template is not None:
-            return template.format(prompt=_last_user_turn(prompt))
+            return template.format(prompt=_last_user_turn(fold_system_turn(prompt)))
         if getattr(tokenizer, "chat_template", None):
             return str(
                 tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
             )
-        return self.default_template().format(prompt=_last_user_turn(prompt))
+        return self.default_template().format(prompt=_last_user_turn(fold_system_turn(prompt)))
 
     def default_template(self) -> str:
         """Template for models without a chat template; ``{prompt}`` is the user's message."""
@@ -180,6 +211,20 @@ class Task(ABC):
     def postprocess(self, response: str) -> str:
         """Clean a generated response before scoring (e.g. cut a hallucinated next turn)."""
         return response
+
+
+def fold_system_turn(prompt: Conversation) -> Conversation:
+    """The conversation without a leading system turn, its text put before the first user
+    message (``"{system}\n\n{user}"``): for prompt formats with no system message (single-turn
+    templates, HH's Human/Assistant format). Conversations without one are returned as they are."""
+    if not prompt or prompt[0]["role"] != "system":
+        return prompt
+    system, rest = prompt[0]["content"], list(prompt[1:])
+    for k, turn in enumerate(rest):
+        if turn["role"] == "user":
+            rest[k] = {**turn, "content": f"{system}\n\n{turn['content']}"}
+            return rest
+    raise ValueError("a prompt must contain at least one user turn")
 
 
 def _last_user_turn(prompt: Conversation) -> str:
@@ -205,6 +250,17 @@ class Method(ABC):
     #: is expected, so the report marks it as a reference instead of warning that it does not
     #: steer.
     steers: ClassVar[bool] = True
+    #: True for a method whose guidance REPLACES the base model's distribution (MOD, Rewarded
+    #: Soups: its guide spec says ``replaces_base``): its guide sits on the base model and the
+    #: decoding loop runs no base forward; False: the guidance is added to log pi_base
+    replaces_base: ClassVar[bool] = False
+    #: a reference row of the leaderboard (the unguided base, preference prompting): what a
+    #: trained method must beat, shown apart from the trained methods
+    reference_row: ClassVar[bool] = False
+    #: methods of one family train the same guide (same config class, same training), so the
+    #: guide cache trains it once for all of them (e.g. MOD, Rewarded Soups and MOD-w2s share
+    #: their per-objective DPO policies); None: the method's own guide
+    guide_family: ClassVar[str | None] = None
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -236,6 +292,11 @@ class Method(ABC):
         spec = self.guide_spec(artifacts, task, models)
         if spec is None:
             return None
+        if spec.replaces_base != self.replaces_base:
+            raise TypeError(
+                f"method {self.name}: its guide spec says replaces_base={spec.replaces_base} but "
+                f"the method declares replaces_base={self.replaces_base}; make them agree"
+            )
         from mobench.engine import build_guide
 
         return build_guide(spec, models)
@@ -243,6 +304,23 @@ class Method(ABC):
     @abstractmethod
     def trainable_parameters(self, artifacts: Path) -> int:
         """Number of trained parameters in the saved guide (the papers compare these)."""
+
+    @classmethod
+    def relation_to_base(cls) -> str:
+        """How the method uses the frozen base model, for the leaderboard: its guidance is added
+        to the base's log-probs, replaces them, or there is no guide (the base decodes alone,
+        possibly with another prompt)."""
+        if cls.replaces_base:
+            return "replaces the base"
+        return "guides the base" if cls.trains else "decodes the base"
+
+    def conversation(
+        self, task: Task, prompt: Conversation, alpha: Sequence[float]
+    ) -> Conversation:
+        """The conversation the base model is asked for the preference vector ``alpha`` (in the
+        task's objective order): the test prompt itself, except for methods that state the
+        preference in the prompt (``prompt``). Scorers always see the original test prompt."""
+        return prompt
 
     @classmethod
     def estimated_forwards_per_token(cls, spec: RunSpec) -> dict[str, int] | None:

@@ -243,7 +243,7 @@ def _train(
     guide = run.guide_dir
     shard = run.shard
     key = guide_cache_key(run.spec, splits)  # the spec's device, not this rank's own GPU
-    cached = guide_cache_dir() / f"{spec.method}-{key}"
+    cached = guide_cache_dir() / f"{guide_family(spec.method)}-{key}"
     if (guide / "DONE").exists():
         plan = "done"
     elif (cached / "DONE").exists():
@@ -303,16 +303,24 @@ def _train(
     _update_timing(run, "train", **train_timing)
 
 
+def guide_family(method: str) -> str:
+    """The name under which ``method``'s trained guides are cached: its guide family when it
+    shares its trained guide with other methods (MOD, Rewarded Soups and MOD-w2s train the same
+    DPO policies), else its own name."""
+    return get_method(method).guide_family or method
+
+
 def guide_cache_key(spec: RunSpec, splits: Any) -> str:
     """Hash of everything a trained guide depends on, its training pairs' labels and response
     order included (not the alphas, the token budget, the scorers as such or the number of test
-    prompts), so runs that differ only in those reuse it."""
+    prompts, nor which method of a guide family decodes with it), so runs that differ only in
+    those reuse it."""
     from mobench.models import model_identity
 
     payload = {
         "task": spec.task,
         "objectives": list(spec.objectives),
-        "method": spec.method,
+        "method": guide_family(spec.method),
         "method_config": spec.method_config,
         # the weights, not the name: one alias can stand for two copies (hub / packaged GGUF)
         "guide_model": spec.models.get(spec.guide_model) or model_identity(spec.guide_model),
@@ -395,7 +403,7 @@ def _generate(
 ) -> int:
     import torch
 
-    from mobench.decoding import guided_generate
+    from mobench.decoding import forwards_per_token, guided_generate
     from mobench.models import eos_ids, load_models, model_record
     from mobench.training import encode_prompt
 
@@ -411,11 +419,18 @@ def _generate(
     base_template = spec.templates.get(spec.base_model)
     guide_template = spec.templates.get(spec.guide_model)
     prompts = {p.id: p for p, _ in rows}
+    # per row: the base model's prompt for that row's alpha (the test prompt itself, except for
+    # a method that states the preference in the prompt)
     base_ids = {
-        pid: encode_prompt(
-            models.base_tokenizer, task.render(p.prompt, models.base_tokenizer, base_template)
+        (p.id, a): encode_prompt(
+            models.base_tokenizer,
+            task.render(
+                method.conversation(task, p.prompt, spec.alphas[a]),
+                models.base_tokenizer,
+                base_template,
+            ),
         )
-        for pid, p in prompts.items()
+        for p, a in rows
     }
     guide_ids = {
         pid: encode_prompt(
@@ -435,11 +450,14 @@ def _generate(
         k: float(totals.get(k, 0.0)) for k in ("wall_s", "prefill_s", "row_tokens", "steps", "rows")
     }
     forwards: dict[str, float] = dict(totals.get("forwards", {}))
-    for batch in plan_batches(rows, {pid: len(ids) for pid, ids in base_ids.items()}, batch_size):
+    lengths: dict[str, int] = {}
+    for (pid, _), ids in base_ids.items():
+        lengths[pid] = max(lengths.get(pid, 0), len(ids))
+    for batch in plan_batches(rows, lengths, batch_size):
         out = guided_generate(
             models.base,
             guide,
-            [base_ids[p.id] for p, _ in batch],
+            [base_ids[p.id, a] for p, a in batch],
             torch.from_numpy(alphas[[a for _, a in batch]]),
             spec.generation,
             vocab_size=models.vocab_size,
@@ -477,11 +495,7 @@ def _generate(
             **acc,
             forwards=forwards,
             # a fused guide runs the base rows in its own forwards ("fused": base + guide lanes)
-            forwards_per_token=(
-                dict(guide.forwards_per_token)
-                if guide is not None and out.fused_lanes
-                else {"base": 1, **(guide.forwards_per_token if guide is not None else {})}
-            ),
+            forwards_per_token=forwards_per_token(guide),
             fused_lanes=out.fused_lanes,
             guide_lanes=getattr(guide, "lanes", 1) if guide is not None else 0,
             tokens_per_s=acc["row_tokens"] / acc["wall_s"] if acc["wall_s"] else None,

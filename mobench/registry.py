@@ -79,6 +79,9 @@ METHODS: Registry[type[Method]] = Registry(
         "parm": "mobench.methods.parm",
         "uniarm": "mobench.methods.uniarm",
         "mod_w2s": "mobench.methods.mod_w2s",
+        "prompt": "mobench.methods.prompt",
+        "rs": "mobench.methods.rs",
+        "mod": "mobench.methods.mod",
     },
 )
 

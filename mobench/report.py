@@ -429,15 +429,20 @@ def _group_rows(runs: list[LoadedRun], bench: Sequence[BenchResult], n_boot: int
                 "scorers": r.fingerprints,
                 "timing": _timing_row(r, bench),
                 "steering": _steering(r, n_boot),
+                **_method_facts(r.method),
             }
         )
-    # A leaderboard reads best-first; the order also sets the legend and sample columns.
-    rows.sort(key=lambda row: (-row["hv"], -row["mip"], row["label"]))
+    # The rows in the order of the UniARM paper's table (reference rows, then the methods that
+    # replace the base, then those that guide it); the order also sets the legend and the
+    # sample columns. Who leads is the paired table's and the stars' business, not the order's.
+    rows.sort(key=lambda row: (_table_position(row["method"]), row["label"]))
     scorer_sets = {json.dumps(r.fingerprints, sort_keys=True) for r in runs}
     agree = len(scorer_sets) == 1
     by_index = {r.index: r for r in runs}
     base_point = _attach_base_gains(rows, by_index) if agree else None
-    paired = _paired_table(rows, by_index, z, n_boot) if agree else []
+    # each pair once, the higher-HV row first, so a difference reads "a beats b by ..."
+    best_first = sorted(rows, key=lambda row: (-row["hv"], -row["mip"], row["label"]))
+    paired = _paired_table(best_first, by_index, z, n_boot) if agree else []
     best = _best_beyond_noise(rows, paired) if agree else {"hv": [], "mip": []}
     return {
         "base_point": base_point,
@@ -457,6 +462,29 @@ def _group_rows(runs: list[LoadedRun], bench: Sequence[BenchResult], n_boot: int
         "best": best,
         "rows": rows,
     }
+
+
+#: the leaderboard's row order: the UniARM paper's safety table (RS, MOD, GenARM, PARM, UniARM)
+#: after the reference rows, then the weak-to-strong baseline; other methods follow by name
+PAPER_TABLE_ORDER = ("base", "prompt", "rs", "mod", "genarm", "parm", "uniarm", "mod_w2s")
+
+
+def _table_position(method: str) -> tuple[int, str]:
+    if method in PAPER_TABLE_ORDER:
+        return PAPER_TABLE_ORDER.index(method), ""
+    return len(PAPER_TABLE_ORDER), method
+
+
+def _method_facts(method: str) -> dict[str, Any]:
+    """What the leaderboard says about a row's method: how it uses the base model ("guides the
+    base", "replaces the base", "decodes the base") and whether it is a reference row."""
+    from mobench.registry import UnknownNameError, get_method
+
+    try:
+        cls = get_method(method)
+    except UnknownNameError:  # a third-party method not installed here
+        return {"relation": "unknown (method not installed)", "reference_row": False}
+    return {"relation": cls.relation_to_base(), "reference_row": cls.reference_row}
 
 
 def _steering(run: LoadedRun, n_boot: int) -> dict[str, Any]:
@@ -509,8 +537,8 @@ def _attach_base_gains(
 def _paired_table(
     rows: list[dict[str, Any]], by_index: dict[int, LoadedRun], z: np.ndarray, n_boot: int
 ) -> list[dict[str, Any]]:
-    """HV and MIP differences for every pair of rows (in leaderboard order: the better row
-    first), with a paired bootstrap interval over the prompts both answered."""
+    """HV and MIP differences for every pair of ``rows`` (each pair once, the earlier row as
+    ``a``), with a paired bootstrap interval over the prompts both answered."""
     out = []
     for i, first in enumerate(rows):
         for second in rows[i + 1 :]:

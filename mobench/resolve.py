@@ -102,13 +102,23 @@ def resolve_spec(
     task_options = _task_options(task_cls, p.task_options, overrides.get("task", {}))
     check_generation(gen)
     scorer_dtype = resolve_dtype(p.scorer_dtype, dev)
+    guide = guide_model or p.guide_model or base
+    if method_cls.replaces_base or not method_cls.trains:
+        # no guide backbone of its own: a method that replaces the base sits on the base
+        # model (a preset's weak-to-strong guide does not apply), one without a guide has none
+        if guide_model is not None and guide_model != base:
+            raise ConfigError(
+                f"method {method} {method_cls.relation_to_base()}, so it runs on the base model "
+                f"'{base}'; drop --guide-model {guide_model} (or pass it as --base-model)"
+            )
+        guide = base
     spec = RunSpec(
         task=task,
         method=method,
         preset=preset,
         objectives=objectives,
         base_model=base,
-        guide_model=guide_model or p.guide_model or base,
+        guide_model=guide,
         data=data_source,
         split_sizes=p.split_sizes,
         split_seed=p.split_seed if seed is None else seed,

@@ -49,6 +49,7 @@ from mobench.tasks.sources import DataSource, load_hub_rows, parse_data_string
 
 from mobench.config import ConfigError, GenerationConfig, Preset
 from mobench.data import DATA_DIR_PREFIX, Conversation, DataError, PreferencePair, iter_records
+from mobench.interfaces import fold_system_turn
 from mobench.registry import register_preset, register_task
 
 if TYPE_CHECKING:
@@ -95,6 +96,11 @@ class HelpfulTask(PreferenceTask):
 
     name = "helpful"
     objectives = ("helpful", "harmless", "humor")
+    objective_phrases: ClassVar[dict[str, str]] = {
+        "helpful": "helpfulness",
+        "harmless": "harmlessness",
+        "humor": "humor",
+    }
     source_options = ("subsets", "split")
     # HH files put the chosen response first
     default_options: ClassVar[dict[str, Any]] = {
@@ -183,9 +189,10 @@ class HelpfulTask(PreferenceTask):
         return str(folder) + (f"?{query}" if query else "")
 
     def render(self, prompt: Conversation, tokenizer: Any, template: str | None = None) -> str:
-        """The whole conversation in the model's chat template; the HH format without one."""
+        """The whole conversation in the model's chat template; the HH format without one (a
+        leading system turn, from preference prompting, goes before the first user message)."""
         if template is None and not getattr(tokenizer, "chat_template", None):
-            return render_hh_query(prompt)
+            return render_hh_query(fold_system_turn(prompt))
         return super().render(prompt, tokenizer, template)
 
     def postprocess(self, response: str) -> str:

@@ -19,7 +19,7 @@ seeded split, PARM's 1024-character training filter, relabelling with the preset
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mobench.tasks.formats import load_pku_file, pku_record_to_pair
 from mobench.tasks.preference import PreferenceTask
@@ -78,6 +78,10 @@ class SafetyTask(PreferenceTask):
 
     name = "safety"
     objectives = ("helpful", "harmless")
+    objective_phrases: ClassVar[dict[str, str]] = {
+        "helpful": "helpfulness",
+        "harmless": "harmlessness",
+    }
     source_options = ("split", "config")
 
     def read_rows(self, spec: RunSpec) -> tuple[list[PreferencePair], dict[str, Any]]:

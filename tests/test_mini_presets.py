@@ -62,7 +62,7 @@ def test_method_training_field_unknown_to_the_method_is_a_config_error(
 ) -> None:
     unit_preset = restore_unit_preset
     register_preset(dataclasses.replace(unit_preset, method_training={"mod_w2s": {"beta_r": 1}}))
-    with pytest.raises(ConfigError, match="unknown MODw2sConfig field"):
+    with pytest.raises(ConfigError, match="unknown DPOPolicyConfig field"):
         resolve_spec("safety", "mod_w2s", "unit")
 
 

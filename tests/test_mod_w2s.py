@@ -143,7 +143,7 @@ def test_guided_tokens_are_argmax_of_base_plus_log_ratios(w2s: dict[str, Any]) -
 
 
 def test_dpo_rows_choose_each_objectives_preferred_response() -> None:
-    from mobench.methods.mod_w2s import dpo_rows
+    from mobench.methods.dpo_policies import dpo_rows
 
     from mobench.training import TokenizedPair
 
@@ -161,7 +161,7 @@ def test_dpo_rows_choose_each_objectives_preferred_response() -> None:
 def test_dpo_training_raises_the_chosen_log_ratio(tiny_tokenizer: Any, tmp_path: Path) -> None:
     """trl's DPO on mobench-tokenized rows moves the policy toward the chosen responses relative
     to the adapter-free reference (the implicit reward margin grows from 0)."""
-    from mobench.methods.mod_w2s import MODw2sConfig, dpo_rows, train_dpo_policy
+    from mobench.methods.dpo_policies import DPOPolicyConfig, dpo_rows, train_dpo_policy
 
     from mobench.data import PreferencePair
     from mobench.training import collate_pairs, sequence_logprobs, tokenize_pairs
@@ -176,7 +176,7 @@ def test_dpo_training_raises_the_chosen_log_ratio(tiny_tokenizer: Any, tmp_path:
         )
         for i, p in enumerate(PROMPTS * 3)
     ]
-    cfg = MODw2sConfig(
+    cfg = DPOPolicyConfig(
         max_steps=4,
         per_device_batch_size=3,
         gradient_accumulation_steps=1,
@@ -428,7 +428,8 @@ def test_saved_policies_reload_and_same_backbone_is_plain_mod(
     """MODw2s.guide loads the saved adapters by objective name (stored order need not be the
     task's); when the guide backbone is the base, the base itself is the reference, and
     log pi_base + guide = sum_i alpha_i log pi_i on the simplex (plain MOD, METHODS §6.1)."""
-    from mobench.methods.mod_w2s import GUIDE_CONFIG, MODw2s, MODw2sConfig
+    from mobench.methods.dpo_policies import GUIDE_CONFIG, DPOPolicyConfig
+    from mobench.methods.mod_w2s import MODw2s
     from mobench.tasks.safety import SafetyTask
 
     from mobench.models import ModelContext
@@ -450,7 +451,7 @@ def test_saved_policies_reload_and_same_backbone_is_plain_mod(
     models = ModelContext(
         base, tok, tiny_model_dir, tok, tiny_model_dir, len(tok), "float32", "cpu", fuse=fuse
     )
-    guide = MODw2s(MODw2sConfig()).guide(tmp_path, SafetyTask(), models)
+    guide = MODw2s(DPOPolicyConfig()).guide(tmp_path, SafetyTask(), models)
     with torch.no_grad():
         if fuse:  # base, policies in one forward of the base's weights; the base lane = pi_ref
             assert isinstance(guide, FusedGuide) and guide.forwards_per_token == {"fused": 1}

@@ -81,6 +81,7 @@ class YesNoTask(Task):
 #: per method: what makes a tiny random model learn this task in a few dozen updates (the
 #: official defaults are sized for 7B models and thousands of pairs)
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DPO_POLICIES = {"dpo_beta": 0.5, "lora_r": 8, "lora_alpha": 16, "target_modules": ALL_LINEAR}
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "genarm": {"beta_r_default": 0.5, "lora_dropout": 0.0, "target_modules": ALL_LINEAR},
     "parm": {"beta_r_default": 0.5, "lora_dropout": 0.0, "target_modules": ALL_LINEAR},
@@ -90,17 +91,18 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
         "target_modules": ALL_LINEAR,
         "objective_descriptions": {"yes": "Yes", "no": "No"},
     },
-    "mod_w2s": {
-        "dpo_beta": 0.5,
-        "lora_r": 8,
-        "lora_alpha": 16,
-        "target_modules": ALL_LINEAR,
-    },
+    "mod_w2s": DPO_POLICIES,
+    # the same policies (one guide family, so the same settings): decoded by MOD and RS
+    "mod": DPO_POLICIES,
+    "rs": DPO_POLICIES,
 }
 
 
 def steering_methods() -> list[str]:
-    return [name for name in METHODS.names() if get_method(name).steers]
+    """The methods trained to follow alpha. ``base`` is not meant to; ``prompt`` is meant to,
+    but only a model that can read its instruction could (a tiny random one cannot), so its
+    statement reaching the base per alpha is tested apart (tests/test_paper_baselines.py)."""
+    return [name for name in METHODS.names() if get_method(name).steers and get_method(name).trains]
 
 
 @pytest.fixture(scope="module")
