@@ -118,7 +118,7 @@ class BenchPreset:
     base_model: str | None = None
     random_base: dict[str, Any] | None = None
     w2s_guide: dict[str, Any] | None = None
-    methods: tuple[str, ...] = ("genarm", "parm", "uniarm")
+    methods: tuple[str, ...] = ("prompt", "rs", "mod", "genarm", "parm", "uniarm")
     w2s_methods: tuple[str, ...] = ("genarm", "mod_w2s")
     prompts: int = 8
     grid: str = "simplex-0.1"
@@ -368,6 +368,7 @@ class Rows:
     prompt_ids: dict[str, list[int]]
     alphas: np.ndarray
     reference: list[tuple[str, int]]
+    pairs: dict[str, PreferencePair] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -393,7 +394,28 @@ def _rows(preset: BenchPreset, models: BenchModels) -> Rows:
     n = min(max(1, preset.reference_prompts), len(by_length))
     chosen = by_length[max(0, (len(by_length) - n) // 2) :][:n]
     reference = [(chosen[a % n], a) for a in range(len(alphas))]
-    return Rows(batches, ids, alphas, reference)
+    return Rows(batches, ids, alphas, reference, {p.id: p for p in pairs})
+
+
+def _row_prompts(method: Any, rows: Rows, models: BenchModels) -> dict[tuple[str, int], list[int]]:
+    """Per (prompt, alpha) row, the base model's prompt ids for ``method``
+    (:meth:`~mobench.interfaces.Method.conversation`: preference prompting states alpha there);
+    for a random model, the statement's hashed ids before the prompt's."""
+    from mobench.registry import get_task
+    from mobench.training import encode_prompt
+
+    task = get_task(OBJECTIVES_TASK)()
+    tok = models.tokenizer
+    out = {}
+    for batch in rows.batches:
+        for pid, a in batch:
+            conversation = method.conversation(task, rows.pairs[pid].prompt, rows.alphas[a])
+            if models.preset.base_model is None:
+                said = " ".join(t["content"] for t in conversation if t["role"] == "system")
+                out[pid, a] = tok(said)["input_ids"] + rows.prompt_ids[pid]
+            else:
+                out[pid, a] = encode_prompt(tok, task.render(conversation, tok))
+    return out
 
 
 @dataclass
@@ -412,11 +434,15 @@ def _decode(
     rows: Rows,
     config: GenerationConfig,
     batches: Sequence[Sequence[tuple[str, int]]] | None = None,
+    row_prompts: dict[tuple[str, int], list[int]] | None = None,
 ) -> DecodeRun:
-    """mobench's loop over ``batches`` (default: all), no EOS stop."""
+    """mobench's loop over ``batches`` (default: all), no EOS stop; ``row_prompts`` gives each
+    row its own prompt ids (default: its prompt's)."""
     run = DecodeRun(0.0, 0, {})
     for batch in rows.batches if batches is None else batches:
-        prompts = [rows.prompt_ids[pid] for pid, _ in batch]
+        prompts = [
+            rows.prompt_ids[pid] if row_prompts is None else row_prompts[pid, a] for pid, a in batch
+        ]
         out = guided_generate(
             models.base,
             guide,
@@ -462,9 +488,26 @@ class GuideLogitsProcessor:
         else:
             guidance = self.guide.step(input_ids[:, -1])
         combined = torch.full(scores.shape, float("-inf"), device=scores.device)
+        if self.guide.replaces_base:
+            # MOD: the policies' combination is the whole score; the base model generate()
+            # drives is run and unused, as MOD's code runs its reference model unused (§6.1)
+            combined[:, : self.vocab] = guidance.to(scores.device)
+            return combined
         base = torch.log_softmax(scores[:, : self.vocab].float(), dim=-1)
         combined[:, : self.vocab] = base + guidance.to(scores.device) / self.beta
         return combined
+
+
+class SharedVocabulary:
+    """A LogitsProcessor that keeps ``generate`` to the ids base and guides share (as mobench's
+    loop and :class:`GuideLogitsProcessor` do): logit rows past them get -inf."""
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores[:, self.vocab :] = float("-inf")
+        return scores
 
 
 @torch.inference_mode()
@@ -477,12 +520,15 @@ def hf_generate_decode(
 ) -> tuple[float, list[list[int]]]:
     """HF ``generate`` (greedy, no EOS stop) on the base with :class:`GuideLogitsProcessor`,
     one call per batch of (prompt ids, alpha) rows, prompts left-padded: with batches of one row
-    this is the reference loop, with mobench's batches the batched-generate peer. Returns
+    this is the reference loop, with mobench's batches the batched-generate peer. A guide that
+    is one model replacing the base (Rewarded Soups: the interpolated policy) is decoded by
+    ``generate`` on that model alone, as its reference code decodes the merged model. Returns
     (seconds, tokens per row in batch order)."""
     from transformers import GenerationConfig as HFGenerationConfig
     from transformers import LogitsProcessorList
 
-    base = models.base
+    sole = getattr(guide, "sole_model", lambda: None)()
+    base = models.base if sole is None else sole
     device = base.get_output_embeddings().weight.device
     pad = models.base_tokenizer.pad_token_id
     hf_config = HFGenerationConfig(
@@ -509,12 +555,19 @@ def hf_generate_decode(
                 [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device
             )
             alphas = torch.stack([torch.as_tensor(a) for _, a in batch])
-            processor = GuideLogitsProcessor(guide, prompts, alphas, models.vocab_size, beta)
+            processors: list[Any] = []
+            if sole is None:
+                processors.append(
+                    GuideLogitsProcessor(guide, prompts, alphas, models.vocab_size, beta)
+                )
+            else:
+                guide.set_rows(alphas)  # type: ignore[attr-defined]  # SeparateModels
+                processors.append(SharedVocabulary(models.vocab_size))
             out = base.generate(
                 input_ids=ids,
                 attention_mask=mask,
                 generation_config=hf_config,
-                logits_processor=LogitsProcessorList([processor]),
+                logits_processor=LogitsProcessorList(processors),
             )
             outputs.extend(out[:, width:].tolist())
     finally:
@@ -586,10 +639,19 @@ class _Config:
     peer: bool = False
     context: ModelContext | None = None
     guide: Guide | FusedGuide | None = None
+    #: per-row prompt ids for a method that conditions the prompt on alpha (``prompt``)
+    row_prompts: dict[tuple[str, int], list[int]] | None = None
     times: list[float] = field(default_factory=list)
     run: DecodeRun | None = None
     weights_mb: float | None = None
     decode_peak_mb: float | None = None
+
+
+def _guided(cfg: _Config) -> bool:
+    """The configuration's method decodes with a guide (not the base alone, or prompted)."""
+    from mobench.registry import get_method
+
+    return cfg.method is not None and get_method(cfg.method).trains
 
 
 def _method(name: str) -> Any:
@@ -774,13 +836,16 @@ def _random_guides(
             continue
         path = tmp / f"{name}{'-w2s' if w2s else ''}"
         path.mkdir()
+        out[(name, w2s)] = path
+        method = _method(name)
+        if not method.trains:  # nothing trained, nothing to draw (preference prompting)
+            continue
         ctx = models.context(preset.dtypes[0], w2s=w2s, fuse=False, base=False)
-        _method(name).random_guide(task, ctx, path, preset.seed + 10 * i)
+        method.random_guide(task, ctx, path, preset.seed + 10 * i)
         del ctx
         gc.collect()  # the backbone copies random_guide loaded (a 7B each on the GPU preset)
         if device_is_cuda(models.device):
             torch.cuda.empty_cache()
-        out[(name, w2s)] = path
     log(f"random guides ready: {', '.join(p.name for p in out.values())}")
     return out
 
@@ -804,8 +869,10 @@ def _bench_dtype(
     guided = [_Config(m, m) for m in preset.methods if (m, False) in artifacts]
     guided += [_Config(f"{m}-w2s", m, True) for m in preset.w2s_methods if (m, True) in artifacts]
     configs += guided
-    if preset.batched_peer:
-        configs += [_Config(f"{c.name} peer", c.method, c.w2s, peer=True) for c in guided]
+    if preset.batched_peer:  # a method without a guide (prompting) has no peer to compare
+        configs += [
+            _Config(f"{c.name} peer", c.method, c.w2s, peer=True) for c in guided if _guided(c)
+        ]
 
     for cfg in configs:
         cfg.times = [0.0] * preset.repeats
@@ -829,7 +896,7 @@ def _bench_dtype(
             run.tokens = dict(zip(rows.batches[batch], tokens, strict=True))
         else:
             batches = [rows.batches[batch] * cfg.row_factor]
-            run = _decode(cfg.context, cfg.guide, rows, gen, batches)
+            run = _decode(cfg.context, cfg.guide, rows, gen, batches, cfg.row_prompts)
         if metered:
             peak = meter.peak_mb()
             if peak is not None:
@@ -853,8 +920,11 @@ def _bench_dtype(
             cfg.context = models.context(dtype, w2s=cfg.w2s, fuse=True)
         if cfg.method is not None:
             artifact = artifacts[(cfg.method, cfg.w2s)]
+            method = _method(cfg.method)
             with stock_attention() if cfg.peer else contextlib.nullcontext():
-                cfg.guide = _method(cfg.method).guide(artifact, task, cfg.context)
+                cfg.guide = method.guide(artifact, task, cfg.context)
+            if not cfg.peer:
+                cfg.row_prompts = _row_prompts(method, rows, models)
         cfg.weights_mb = weights_mb(cfg.context, cfg.guide)
 
     def unload(cfg: _Config) -> None:
@@ -916,8 +986,12 @@ def _bench_dtype(
                 **_memory(peer, base),
                 **{k: round(v, 4) for k, v in token_agreement(ours, theirs).items()},
             }
-        entry["reference"] = _bench_reference(
-            cfg, dtype, models, task, rows, gen, artifacts, meter, log
+        # the reference loop is the guided loop of the reference code; a method without a
+        # guide (prompting) decodes the base as it is: there is no other loop to compare with
+        entry["reference"] = (
+            _bench_reference(cfg, dtype, models, task, rows, gen, artifacts, meter, log)
+            if _guided(cfg)
+            else None
         )
         entry["_tokens"] = cfg.run.tokens
         results.append(entry)
@@ -1047,15 +1121,16 @@ def _targets(
                     f"(the cost of a fused guide's rows alone; {entry['fused_lanes']} lanes here)"
                 )
             checks.append(check)
-        checks.append(
-            _check(
-                f"{name} reference loop / mobench ({dtype})",
-                ref["reference_over_mobench_spread"],
-                ">=",
-                SPEEDUP_TARGET,
-                aim=SPEEDUP_AIM,
+        if ref is not None:  # no reference loop for a method without a guide
+            checks.append(
+                _check(
+                    f"{name} reference loop / mobench ({dtype})",
+                    ref["reference_over_mobench_spread"],
+                    ">=",
+                    SPEEDUP_TARGET,
+                    aim=SPEEDUP_AIM,
+                )
             )
-        )
         peer = entry.get("batched_peer")
         if peer is not None and same_backbone:
             checks.append(
@@ -1066,7 +1141,7 @@ def _targets(
                     PEER_TARGET,
                 )
             )
-        if dtype == "float32":
+        if dtype == "float32" and ref is not None:
             checks.append(
                 _check(
                     f"{name} greedy agreement with the reference (fp32)",

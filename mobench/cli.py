@@ -622,16 +622,16 @@ def _print_bench(result: dict[str, Any]) -> None:
                 *[""] * 7,
             )
         for e in (r for r in result["results"] if r["dtype"] == dtype):
-            ref, peer = e["reference"], e.get("batched_peer")
+            ref, peer = e["reference"] or {}, e.get("batched_peer")
             table.add_row(
                 e["config"],
                 dtype,
                 times(e),
                 fmt(e["tokens_per_s"], ".0f"),
                 spread(e["guided_unguided"]),
-                fmt(ref["reference_over_mobench"], ".1f"),
+                fmt(ref.get("reference_over_mobench"), ".1f"),
                 spread(peer["peer_over_mobench"] if peer else None),
-                fmt(ref["token_agreement"], ".3f"),
+                fmt(ref.get("token_agreement"), ".3f"),
                 fmt(e.get("bf16_vs_fp32", {}).get("token_agreement"), ".3f"),
                 fmt(e["weights_mb"], ".0f"),
                 fmt(e["decode_peak_mb"], ".0f"),

@@ -394,6 +394,22 @@ class SeparateModels(Guide):
                 outs.append(m.stepper.prefill(prompt_ids, prompt_groups(prompt_ids)))
         return self._combine(outs)
 
+    def sole_model(self) -> Any | None:
+        """The model that IS this guide, when it replaces the base with a single lane
+        (Rewarded Soups' interpolated policy): decoding that model alone is the method (its
+        lane weight only scales log-probs, which greedy decoding ignores); call
+        :meth:`set_rows` first. None for any other guide."""
+        if not (self.replaces_base and len(self.models) == 1):
+            return None
+        return self.models[0].stepper.model
+
+    def set_rows(self, alphas: torch.Tensor) -> None:
+        """Give each conditioned model its rows' alphas (``(B, K)``, the task's order) for
+        forwards run outside this guide (``mobench bench``'s reference loop)."""
+        for m in self.models:
+            if m.context is not None:
+                m.context.set(alphas[:, m.columns].to(m.stepper.device, torch.float32))
+
     def _combine(self, outs: list[torch.Tensor]) -> torch.Tensor:
         assert self.weights is not None
         device = outs[0].device

@@ -146,6 +146,35 @@ def test_smoke_bench_writes_a_result_the_report_reads(tmp_path: Path) -> None:
     assert not warnings and {b.method for b in bench} == {e["method"] for e in written["results"]}
 
 
+@pytest.mark.slow
+def test_smoke_bench_times_the_paper_baselines(tmp_path: Path) -> None:
+    """RS and MOD replace the base (no base forward; the reference loops: generate on the
+    interpolated model, and MOD's k policies with the driving model unused), prompting decodes
+    the base with longer prompts and has no reference loop."""
+    preset = dataclasses.replace(
+        BENCH_PRESETS["smoke"],
+        methods=("prompt", "rs", "mod"),
+        w2s_methods=(),
+        dtypes=("float32",),
+    )
+    result = run_bench(preset, tmp_path, log=lambda _: None)
+    by_method = {e["method"]: e for e in result["results"]}
+    assert set(by_method) == {"prompt", "rs", "mod"}
+    assert by_method["rs"]["forwards_per_token"] == {"soup": 1}
+    assert by_method["mod"]["forwards_per_token"] == {"guide": 1}
+    assert by_method["mod"]["guide_lanes"] == 2  # both policies: lanes of one forward
+    assert by_method["prompt"]["forwards_per_token"] == {"base": 1}
+    for method in ("rs", "mod"):
+        entry = by_method[method]
+        assert entry["reference"]["token_agreement"] == 1.0
+        assert entry["batched_peer"]["token_agreement"] == 1.0
+        assert entry["guided_unguided_ratio"] > 0 and entry["memory_over_base"] is not None
+    prompt = by_method["prompt"]
+    assert prompt["reference"] is None and "batched_peer" not in prompt
+    assert prompt["guided_unguided_ratio"] > 0
+    assert not any(t["target"].startswith("prompt reference") for t in result["targets"])
+
+
 def test_a_target_is_met_only_beyond_the_spread() -> None:
     within = _check("x", {"median": 1.4, "min": 1.3, "max": 1.6}, "<=", 1.5)
     assert within["met"] is False and "within the spread" in within["miss"]
