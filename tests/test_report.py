@@ -532,6 +532,40 @@ def test_base_point_steering_and_paired_differences_within_noise(
     assert vs_base["mip"]["distinguishable"]
 
 
+def test_rows_follow_the_papers_table_with_reference_rows_and_how_each_uses_the_base(
+    base_spec: RunSpec, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    alphas = base_spec.alpha_array
+    shifts = {"uniarm": 0.3, "mod": 0.1, "base": 0.0, "prompt": 0.05, "rs": 0.2, "genarm": 0.15}
+    for seed, (method, shift) in enumerate(shifts.items()):
+        write_run(runs, base_spec, front_cube(6, alphas, shift, seed), method=method)
+    result = build_report(runs_root=runs, out_dir=tmp_path / "out", n_boot=50)
+    (group,) = read_json(result.data_json)["groups"]
+    page = parse(result.index_html.read_text())
+    rows = leaderboard_rows(page, group["id"])
+    assert [r.attrs["data-method"] for r in rows] == [
+        "base", "prompt", "rs", "mod", "genarm", "uniarm"
+    ]  # fmt: skip
+    relation = {r.attrs["data-method"]: r.find("td", class_="relation").text() for r in rows}
+    assert relation == {
+        "base": "decodes the base",
+        "prompt": "decodes the base",
+        "rs": "replaces the base",
+        "mod": "replaces the base",
+        "genarm": "guides the base",
+        "uniarm": "guides the base",
+    }
+    reference = [
+        r.attrs["data-method"] for r in rows if "reference-row" in r.attrs.get("class", "")
+    ]
+    assert reference == ["base", "prompt"] and "(reference)" in rows[1].text()
+    # the paired table still reads "a beats b": the higher-HV row of each pair first
+    hv = {row["label"]: row["hv"] for row in group["rows"]}
+    assert all(hv[p["a"]] >= hv[p["b"]] for p in group["paired"])
+    assert len(group["paired"]) == 15
+
+
 def test_bench_file_format_errors_are_reported(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text("{not json")
     (tmp_path / "b.json").write_text(json.dumps({"preset": "tiny", "results": [{"method": "x"}]}))
