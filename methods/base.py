@@ -12,15 +12,10 @@ Cost per token: 1 base forward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
-from mobench.config import RunSpec
-from mobench.data import Splits
-from mobench.interfaces import Method, Task
-from mobench.models import ModelContext
+from mobench.interfaces import UnguidedMethod
 from mobench.registry import register_method
-from mobench.training import TrainerSettings
 
 
 @dataclass(frozen=True)
@@ -30,32 +25,10 @@ class BaseConfig:
 
 
 @register_method("base")
-class Base(Method):
+class Base(UnguidedMethod):
     """Plain decoding of the frozen base model (the reference row of every leaderboard)."""
 
     name = "base"
     config_cls = BaseConfig
-    trains: ClassVar[bool] = False
     steers: ClassVar[bool] = False
     reference_row: ClassVar[bool] = True
-
-    def train(
-        self,
-        task: Task,
-        splits: Splits,
-        spec: RunSpec,
-        out_dir: Path,
-        trainer: TrainerSettings | None = None,
-    ) -> None:
-        """Nothing to train (the pipeline does not call this for a method with ``trains``
-        False; kept so the class satisfies the interface)."""
-
-    def guide_spec(self, artifacts: Path, task: Task, models: ModelContext) -> None:
-        return None
-
-    def trainable_parameters(self, artifacts: Path) -> int:
-        return 0
-
-    @classmethod
-    def estimated_forwards_per_token(cls, spec: RunSpec) -> dict[str, int] | None:
-        return {"base": 1}

@@ -16,15 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
-from mobench.config import RunSpec
-from mobench.data import Conversation, Splits
-from mobench.interfaces import Method, Task
-from mobench.models import ModelContext
+from mobench.data import Conversation
+from mobench.interfaces import Task, UnguidedMethod
 from mobench.registry import register_method
-from mobench.training import TrainerSettings
 
 
 @dataclass(frozen=True)
@@ -41,12 +37,11 @@ class PromptConfig:
 
 
 @register_method("prompt")
-class PreferencePrompt(Method):
+class PreferencePrompt(UnguidedMethod):
     """The frozen base with the preference vector stated in a system message."""
 
     name = "prompt"
     config_cls = PromptConfig
-    trains: ClassVar[bool] = False
     reference_row: ClassVar[bool] = True
 
     def __init__(self, config: PromptConfig) -> None:
@@ -61,24 +56,3 @@ class PreferencePrompt(Method):
             first = {"role": "system", "content": f"{statement}\n\n{prompt[0]['content']}"}
             return [first, *prompt[1:]]
         return [{"role": "system", "content": statement}, *prompt]
-
-    def train(
-        self,
-        task: Task,
-        splits: Splits,
-        spec: RunSpec,
-        out_dir: Path,
-        trainer: TrainerSettings | None = None,
-    ) -> None:
-        """Nothing to train (the pipeline does not call this for a method with ``trains``
-        False)."""
-
-    def guide_spec(self, artifacts: Path, task: Task, models: ModelContext) -> None:
-        return None
-
-    def trainable_parameters(self, artifacts: Path) -> int:
-        return 0
-
-    @classmethod
-    def estimated_forwards_per_token(cls, spec: RunSpec) -> dict[str, int] | None:
-        return {"base": 1}

@@ -333,3 +333,31 @@ class Method(ABC):
         adapter's output non-zero), for ``mobench bench``: decoding cost does not depend on
         training. Methods that do not implement it are left out of the benchmark."""
         raise NotImplementedError(f"method {self.name} has no random_guide (mobench bench)")
+
+
+class UnguidedMethod(Method):
+    """A method that decodes the frozen base with no guide and trains nothing (``base``,
+    preference prompting): the plumbing every such method shares."""
+
+    trains: ClassVar[bool] = False
+
+    def train(
+        self,
+        task: Task,
+        splits: Splits,
+        spec: RunSpec,
+        out_dir: Path,
+        trainer: TrainerSettings | None = None,
+    ) -> None:
+        """Nothing to train (the pipeline does not call this for a method with ``trains``
+        False; kept so the class satisfies the interface)."""
+
+    def guide_spec(self, artifacts: Path, task: Task, models: ModelContext) -> None:
+        return None
+
+    def trainable_parameters(self, artifacts: Path) -> int:
+        return 0
+
+    @classmethod
+    def estimated_forwards_per_token(cls, spec: RunSpec) -> dict[str, int] | None:
+        return {"base": 1}
