@@ -69,13 +69,13 @@ class ProbeRecipe:
         default="scorer",
         metadata={"help": "train on this half of the first-user-turn partition (task options)"},
     )
-    train_pairs: int = field(default=800, metadata={"help": "training pairs (at most)"})
+    train_pairs: int = field(default=600, metadata={"help": "training pairs (at most)"})
     heldout_pairs: int = field(default=200, metadata={"help": "held-out pairs for the accuracy"})
     max_length: int = field(
         default=256, metadata={"help": "tokens per rendered conversation; cut from the left"}
     )
     layer: int = field(
-        default=16, metadata={"help": "hidden state after this many layers (0: the embeddings)"}
+        default=20, metadata={"help": "hidden state after this many layers (0: the embeddings)"}
     )
     pool: str = field(default="response", metadata={"help": "response | mean | last"})
     l2: float = field(default=1.0, metadata={"help": "L2 penalty on the head (standardised)"})

@@ -242,7 +242,7 @@ def test_real_pku_probe_beats_chance_on_held_out_prompts(tmp_path: Path) -> None
     from mobench.tasks.trained_scorer import load_labelled_pairs
 
     recipe = ProbeRecipe(
-        objective="harmless", data=(str(PKU_FILE),), train_pairs=160, heldout_pairs=40
+        objective="harmless", data=(str(PKU_FILE),), train_pairs=100, heldout_pairs=20
     )
     folder = ensure_probe(recipe, tmp_path)
     scorer = ProbeScorer(folder, "harmless")
