@@ -229,6 +229,7 @@ def test_bad_probe_spec_in_a_preset_exits_2_in_the_cli(unit_preset: Any) -> None
 PKU_FILE = SHARED_DATA / "pku-saferlhf" / "pku_saferlhf_test_safety_pairs_5135.jsonl.gz"
 
 
+@pytest.mark.slow  # about 450 forwards of the packaged SmolLM2 on one thread (2-5 min)
 @pytest.mark.skipif(
     not PKU_FILE.is_file(),
     reason=f"needs the real PKU-SafeRLHF rows in {PKU_FILE.parent} (../shared/data beside the "
