@@ -185,6 +185,7 @@ class FrozenFeatures:
             raise ConfigError(f"probe scorer: layer={layer}, but {backbone} has {n_layers} layers")
         self.layer, self.pool, self.max_length = layer, pool, max_length
         self.device, self.batch_size = device, batch_size
+        self.rows_run = 0  # sequences run through the backbone (duplicates are run once)
 
     def encode(self, prompt: Conversation, response: str) -> tuple[list[int], int]:
         """(token ids cut from the left to max_length, index of the response's first token)."""
@@ -206,7 +207,23 @@ class FrozenFeatures:
         return ids, min(max(start, 0), len(ids) - 1)
 
     def __call__(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> np.ndarray:
-        """Features, shape (N, hidden), float64."""
+        """Features, shape (N, hidden), float64.
+
+        Each distinct (prompt, response) is run once and its row copied to every duplicate: a
+        front often repeats an answer across alphas (the unguided base, all of them), and rows
+        of one batch can differ in the last bits (GEMM blocking), which would give identical
+        answers different scores and a flat front a spurious rank order."""
+        keys = [json.dumps([p, r], sort_keys=True) for p, r in zip(prompts, responses, strict=True)]
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        unique = list(first.values())
+        feats = self._run([prompts[i] for i in unique], [responses[i] for i in unique])
+        self.rows_run += len(unique)
+        slot = {k: j for j, k in enumerate(first)}
+        return feats[[slot[k] for k in keys]]
+
+    def _run(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> np.ndarray:
         import torch
 
         enc = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]

@@ -93,6 +93,19 @@ def test_batched_features_equal_one_unpadded_forward(tiny_model_dir: str, pool: 
             assert batched[i] == pytest.approx(h[lo:].mean(0).double().numpy(), abs=1e-5)
 
 
+def test_identical_answers_get_identical_scores_from_one_forward(probe: Any) -> None:
+    from mobench.tasks.probe_scorer import ProbeScorer
+
+    _, folder, _ = probe
+    scorer = ProbeScorer(folder, "helpful", dtype="float32", batch_size=16)
+    prompt = [{"role": "user", "content": "How do I bake bread?"}]
+    # an unguided front: the same answer at every alpha, plus one other answer
+    responses = ["Mix flour, water, salt and yeast."] * 11 + ["No."]
+    scores = scorer.score([prompt] * 12, responses)
+    assert len(set(scores[:11].tolist())) == 1 and scores[11] != scores[0]
+    assert scorer.features.rows_run == 2
+
+
 def test_heldout_accuracy_is_what_the_loaded_probe_gives(probe: Any) -> None:
     from mobench.tasks.probe_scorer import ProbeScorer
     from mobench.tasks.trained_scorer import heldout_split, load_labelled_pairs
