@@ -207,12 +207,20 @@ class FrozenFeatures:
         return ids, min(max(start, 0), len(ids) - 1)
 
     def __call__(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> np.ndarray:
-        """Features, shape (N, hidden), float64.
+        """Features, shape (N, hidden), float64."""
+        feats, inverse = self.distinct(prompts, responses)
+        return feats[inverse]
 
-        Each distinct (prompt, response) is run once and its row copied to every duplicate: a
-        front often repeats an answer across alphas (the unguided base, all of them), and rows
-        of one batch can differ in the last bits (GEMM blocking), which would give identical
-        answers different scores and a flat front a spurious rank order."""
+    def distinct(
+        self, prompts: Sequence[Conversation], responses: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(features of each distinct (prompt, response), shape (U, hidden); for each input
+        row, the index of its distinct row).
+
+        Each distinct pair is run once: a front often repeats an answer across alphas (the
+        unguided base, all of them), and rows of one batch can differ in the last bits (GEMM
+        and GEMV blocking), which would give identical answers different scores and a flat
+        front a spurious rank order. Callers compute on the distinct rows and then copy."""
         keys = [json.dumps([p, r], sort_keys=True) for p, r in zip(prompts, responses, strict=True)]
         first: dict[str, int] = {}
         for i, k in enumerate(keys):
@@ -221,7 +229,7 @@ class FrozenFeatures:
         feats = self._run([prompts[i] for i in unique], [responses[i] for i in unique])
         self.rows_run += len(unique)
         slot = {k: j for j, k in enumerate(first)}
-        return feats[[slot[k] for k in keys]]
+        return feats, np.array([slot[k] for k in keys], dtype=np.int64)
 
     def _run(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> np.ndarray:
         import torch
@@ -345,7 +353,9 @@ class ProbeScorer(Scorer):
 
     def raw_scores(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> np.ndarray:
         """Rewards before standardisation, shape (N,)."""
-        return self.raw_from_features(self.features(prompts, responses))
+        feats, inverse = self.features.distinct(prompts, responses)
+        # score the distinct rows, then copy: identical answers get bit-identical scores
+        return self.raw_from_features(feats)[inverse]
 
     def score(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> np.ndarray:
         return (self.raw_scores(prompts, responses) - self.mean) / self.std

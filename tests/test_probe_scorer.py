@@ -99,11 +99,13 @@ def test_identical_answers_get_identical_scores_from_one_forward(probe: Any) -> 
     _, folder, _ = probe
     scorer = ProbeScorer(folder, "helpful", dtype="float32", batch_size=16)
     prompt = [{"role": "user", "content": "How do I bake bread?"}]
-    # an unguided front: the same answer at every alpha, plus one other answer
-    responses = ["Mix flour, water, salt and yeast."] * 11 + ["No."]
-    scores = scorer.score([prompt] * 12, responses)
-    assert len(set(scores[:11].tolist())) == 1 and scores[11] != scores[0]
-    assert scorer.features.rows_run == 2
+    # an unguided front: the same answer at all 11 alphas (11 rows: numpy's GEMV gives
+    # identical rows different last bits at this count, measured)
+    scores = scorer.score([prompt] * 11, ["Mix flour, water, salt and yeast."] * 11)
+    assert len(set(scores.tolist())) == 1
+    assert scorer.features.rows_run == 1
+    mixed = scorer.score([prompt] * 11, ["Mix flour, water, salt and yeast."] * 10 + ["No."])
+    assert len(set(mixed[:10].tolist())) == 1 and mixed[10] != mixed[0]
 
 
 def test_heldout_accuracy_is_what_the_loaded_probe_gives(probe: Any) -> None:
