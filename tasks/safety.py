@@ -149,8 +149,10 @@ MINI_HELPFUL_SCORER = (
     "trained:smollm2-135m-instruct?data=" + DATA_DIR_PREFIX + "hh-rlhf/helpful-base/test.jsonl.gz"
 )
 #: Harmlessness: a probe (a Bradley-Terry head on frozen SmolLM2-135M-Instruct features after
-#: layer 20, averaged over the response) fitted on PKU's human safer labels; layer, pool and l2
-#: chosen by 5-fold cross-validation on the scorer half. On the same 300 task-half PKU pairs the
+#: layer 20, averaged over the response) fitted on PKU's human safer labels. In 5-fold
+#: cross-validation on the scorer half, response pooling with l2 = 1 at layers 16-27 lead
+#: (0.712-0.718, within fold noise of each other; layer 20 was first under an earlier fold
+#: draw and was kept). On the same 300 task-half PKU pairs the
 #: trained (LoRA) harmless scorer it replaces picked the safe response in 166 (0.55, near
 #: chance), this probe in 227 (0.76); benchmarks/scorers/probe-study-20261130.json
 MINI_HARMLESS_SCORER = (
