@@ -62,4 +62,7 @@ if (W / "diag_after_both.json").is_file():
     res["rescored_mini_runs"]["after_harmless_and_helpful_probes"] = diag(W / "diag_after_both.json")
 if (W / "helpful_probe.json").is_file():
     res["hh_helpful"]["helpful_probe_recipe_fit"] = json.loads((W / "helpful_probe.json").read_text())
+if (W / "hh_harmless_check.json").is_file():
+    res["hh_harmless_base_task_half"] = json.loads((W / "hh_harmless_check.json").read_text())
+    res["commands"].append("python benchmarks/scorers/hh_harmless_check.py PROBE_FOLDER TRAINED_FOLDER")
 Path(sys.argv[1]).write_text(json.dumps(res, indent=1) + "\n")
