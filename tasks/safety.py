@@ -146,18 +146,24 @@ register_preset(
     )
 )
 
-#: the mini presets' trained scorers (shared by both tasks, so each is trained once):
-#: helpfulness from HH helpful-base, harmlessness from HH harmless-base plus PKU safer pairs,
-#: each on the "scorer" half of the first-user-turn partition (the tasks use the other half)
+#: the mini presets' scorers (shared by both tasks, so each is fitted once), each on the "scorer"
+#: half of the first-user-turn partition (the tasks use the other half). Helpfulness: a reward
+#: model trained on HH helpful-base (it also supplies the ARMs' missing helpful labels).
 MINI_HELPFUL_SCORER = (
     "trained:smollm2-135m-instruct?data=" + DATA_DIR_PREFIX + "hh-rlhf/helpful-base/test.jsonl.gz"
 )
+#: Harmlessness: a probe (a Bradley-Terry head on frozen SmolLM2-135M-Instruct features after
+#: layer 20, averaged over the response) fitted on PKU's human safer labels. In 5-fold
+#: cross-validation on the scorer half, response pooling with l2 = 1 at layers 16-27 lead
+#: (0.712-0.718, within fold noise of each other; layer 20 was first under an earlier fold
+#: draw and was kept). On the same 300 task-half PKU pairs the
+#: trained (LoRA) harmless scorer it replaces picked the safe response in 166 (0.55, near
+#: chance), this probe in 227 (0.76); benchmarks/scorers/probe-study-20261130.json
 MINI_HARMLESS_SCORER = (
-    "trained:smollm2-135m-instruct?data="
-    + DATA_DIR_PREFIX
-    + "hh-rlhf/harmless-base/test.jsonl.gz,"
+    "probe:smollm2-135m-instruct?data="
     + DATA_DIR_PREFIX
     + "pku-saferlhf/pku_saferlhf_test_safety_pairs_5135.jsonl.gz"
+    + "&train_pairs=600&heldout_pairs=200&layer=20&pool=response&l2=1"
 )
 #: ARM training sizes for the mini presets (2 CPU cores, SmolLM2-135M, bf16 where native)
 MINI_TRAINING = {
@@ -190,8 +196,9 @@ register_preset(
         description=(
             "CPU, offline, < 1 h (needs --data-dir): SmolLM2-135M-Instruct base and ARM "
             "backbone on the real PKU-SafeRLHF test pairs (5135-row file): PKU's human harmless "
-            "labels, helpful labels and scores from SmolLM2 reward models mobench trains on real "
-            "HH-RLHF / PKU pairs"
+            "labels; helpful labels and scores from a SmolLM2 reward model mobench trains on real "
+            "HH-RLHF pairs; harmless scores from a frozen-SmolLM2 probe fitted on PKU's safer "
+            "labels"
         ),
         base_model="smollm2-135m-instruct",
         data=DATA_DIR_PREFIX + "pku-saferlhf/pku_saferlhf_test_safety_pairs_5135.jsonl.gz",

@@ -12,6 +12,8 @@ A preset names each objective's scorer as ``KIND:SOURCE``:
   :mod:`mobench.tasks.reward_models`.
 * ``trained:RECIPE`` / ``trained:DIR`` — a reward model mobench trains itself with trl's
   RewardTrainer on real preference pairs (:mod:`mobench.tasks.trained_scorer`).
+* ``probe:RECIPE`` / ``probe:DIR`` — a linear Bradley-Terry head on a frozen LM's pooled hidden
+  states, fitted on real preference pairs (:mod:`mobench.tasks.probe_scorer`).
 
 Tasks call :func:`build_scorer`.
 """
@@ -155,6 +157,12 @@ def _trained(objective: str, source: str, *, device: str, dtype: str, **kwargs: 
     return build_trained_scorer(objective, source, device=device, dtype=dtype, **kwargs)
 
 
+def _probe(objective: str, source: str, *, device: str, dtype: str, **kwargs: Any) -> Scorer:
+    from mobench.tasks.probe_scorer import build_probe_scorer
+
+    return build_probe_scorer(objective, source, device=device, dtype=dtype, **kwargs)
+
+
 SCORER_KINDS: dict[str, ScorerFactory] = {
     "yesno": YesNoJudgeScorer,
     "beaver-reward": _paper_kind("beaver-reward"),
@@ -162,6 +170,7 @@ SCORER_KINDS: dict[str, ScorerFactory] = {
     "seqcls": _paper_kind("seqcls"),
     "seqcls-logit1": _paper_kind("seqcls-logit1"),
     "trained": _trained,
+    "probe": _probe,
 }
 
 #: one line per kind for --dry-run
@@ -172,6 +181,7 @@ SCORER_KIND_HELP = {
     "seqcls": "scalar sequence-classification reward model on (HH query, response)",
     "seqcls-logit1": "classifier logit 1 on the response alone (humor)",
     "trained": "reward model trained by mobench (trl RewardTrainer) on real preference pairs",
+    "probe": "linear Bradley-Terry head on a frozen LM's pooled hidden states (real pairs)",
 }
 
 
@@ -210,6 +220,10 @@ def scorer_identity(spec: str, objective: str) -> str:
     kind, source = split_spec(spec)
     if kind == "trained":
         return trained_identity(source, objective)
+    if kind == "probe":
+        from mobench.tasks.probe_scorer import probe_identity
+
+        return probe_identity(source, objective)
     if kind in MODEL_SOURCE_KINDS:
         return model_identity(source)
     return source  # a kind registered elsewhere: its source string is all mobench knows
@@ -242,4 +256,16 @@ def describe_scorer(spec: str, objective: str) -> dict[str, Any]:
             out["folder"] = str(target)
             out["trained"] = (target / "scorer.json").is_file()
             out["recipe"] = recipe.to_json()
+    if kind == "probe":
+        from mobench.tasks.probe_scorer import parse_probe_recipe, probe_folder
+
+        folder = Path(source).expanduser()
+        if folder.is_dir():
+            out["folder"] = str(folder)
+        else:
+            probe = parse_probe_recipe(source, objective)
+            target = probe_folder(probe)
+            out["folder"] = str(target)
+            out["trained"] = (target / "scorer.json").is_file()
+            out["recipe"] = probe.to_json()
     return out

@@ -4,6 +4,7 @@ training overrides (``Preset.method_training``) they rely on."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,3 +86,19 @@ def test_guide_cache_key_changes_with_the_training_labels(unit_preset: Any) -> N
     swapped = dataclasses.replace(splits, train=[swap_pair(first), *splits.train[1:]])
     assert pipeline.guide_cache_key(spec, swapped) != key
     assert pipeline.guide_cache_key(spec, get_task("safety")().load(spec)) == key
+
+
+def test_mini_presets_share_one_harmless_probe_fitted_on_the_scorer_half(tmp_path: Any) -> None:
+    # the trained (LoRA) harmless scorer was at chance on PKU's safer label; both mini presets
+    # score harmlessness with one probe on PKU's human labels, never on the tasks' half
+    from mobench.tasks.probe_scorer import parse_probe_recipe
+    from mobench.tasks.safety import MINI_HARMLESS_SCORER
+
+    from mobench.data import resolve_data_dir_refs
+
+    for task in ("safety", "helpful"):
+        assert get_preset(task, "mini").scorers["harmless"] == MINI_HARMLESS_SCORER
+    kind, _, source = resolve_data_dir_refs(MINI_HARMLESS_SCORER, tmp_path).partition(":")
+    recipe = parse_probe_recipe(source, "harmless")
+    assert kind == "probe" and recipe.part == "scorer"
+    assert [Path(f).name for f in recipe.data] == ["pku_saferlhf_test_safety_pairs_5135.jsonl.gz"]

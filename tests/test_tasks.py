@@ -548,7 +548,7 @@ def test_paper_and_mini_presets_follow_methods_section_7() -> None:
         mini = get_preset(task, "mini")
         assert mini.base_model == "smollm2-135m-instruct"
         assert mini.task_options["part"] == "task"
-        assert all(s.startswith(("trained:", "yesno:")) for s in mini.scorers.values())
+        assert all(s.startswith(("trained:", "probe:", "yesno:")) for s in mini.scorers.values())
         assert "data-dir:" in mini.data
     assert get_preset("helpful", "mini").scorers["humor"].startswith("yesno:")
 
