@@ -85,20 +85,25 @@ def main(out: Path, run_dirs: list[Path]) -> None:
         cells = [spearman_cell(s["objectives"][o]) for o in objectives]
         corr = ", ".join(f"{v:.2f}" for v in s["score_correlation"].values() if v is not None)
         verdict = "reference" if not s["expected_to_steer"] else ("yes" if s["steers"] else "no")
-        minutes = sum(v for v in e["timing_s"].values() if v) / 60
+        train = e["timing_s"]["train"]
+        decode = sum(e["timing_s"][p] or 0.0 for p in ("generate", "score")) / 60
+        reused = " (reused)" if e["train_reused_from"] else ""
+        train_cell = "-" if train is None else f"{train / 60:.1f}{reused}"
         hv_lo, hv_hi = e["ci"]["hv"]
         mip_lo, mip_hi = e["ci"]["mip"]
         changed = s["answers_changed"]
         vs_base = e.get("paired_vs_base")
-        beyond = (
-            "-"
-            if vs_base is None
-            else "/".join("yes" if vs_base[k]["distinguishable"] else "no" for k in ("hv", "mip"))
-        )
+        if vs_base is None:
+            diff = "-"
+        else:
+            diff = "; ".join(
+                f"{d['diff']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]"
+                for d in (vs_base["hv"], vs_base["mip"])
+            )
         print(
             f"| {method} | {' | '.join(cells)} | {changed['prompts']} / {changed['of']} | {corr} "
             f"| {e['hv']:.2f} [{hv_lo:.2f}, {hv_hi:.2f}] | {e['mip']:.3f} [{mip_lo:.3f}, "
-            f"{mip_hi:.3f}] | {beyond} | {verdict} | {minutes:.1f} |"
+            f"{mip_hi:.3f}] | {diff} | {verdict} | {train_cell} | {decode:.1f} |"
         )
 
 
