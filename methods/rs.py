@@ -39,7 +39,14 @@ from torch import Tensor, nn
 
 from mobench.config import RunSpec
 from mobench.engine import Conditioned, GuideSpec, Lane, LoRA
-from mobench.fused import AdapterFormatError, LoRAWeights, read_peft_lora
+from mobench.fused import (
+    LayerAdapter,
+    LoRAWeights,
+    adapted_layers,
+    read_peft_lora,
+    replace_module,
+    stack_adapters,
+)
 from mobench.interfaces import Task
 from mobench.models import ModelContext
 from mobench.registry import register_method
@@ -66,35 +73,21 @@ class InterpolatedLoRALinear(PreferenceAdapterLinear):
         self,
         base: nn.Linear,
         context: PreferenceContext,
-        adapters: Sequence[tuple[Tensor, Tensor, float] | None],
+        adapters: Sequence[LayerAdapter],
     ) -> None:
         super().__init__(base, context, dropout=0.0)
         if len(adapters) != context.num_objectives:
             raise ValueError(
                 f"{len(adapters)} adapters for a context of {context.num_objectives} objectives"
             )
-        n, m, k = self.out_features, self.in_features, len(adapters)
-        rank = max((a.shape[0] for a, _, _ in (x for x in adapters if x is not None)), default=1)
-        device = base.weight.device
-        stack_a = torch.zeros(k, rank, m, dtype=torch.float32, device=device)
-        stack_b = torch.zeros(k, n, rank, dtype=torch.float32, device=device)
-        for i, adapter in enumerate(adapters):
-            if adapter is None:
-                continue
-            a, b, scaling = adapter
-            if a.shape[1] != m or b.shape[0] != n or a.shape[0] != b.shape[1]:
-                raise AdapterFormatError(
-                    f"LoRA shapes A {tuple(a.shape)}, B {tuple(b.shape)} do not fit a linear "
-                    f"layer {m} -> {n}; the adapter was trained on another model"
-                )
-            r = a.shape[0]
-            stack_a[i, :r] = a.to(device=device, dtype=torch.float32)
-            stack_b[i, :, :r] = b.to(device=device, dtype=torch.float32) * scaling
+        k = len(adapters)
+        stack_a, stack_b = stack_adapters(base, adapters)  # (k, r, in), (k, out, s r)
+        rank = stack_a.shape[1]
         self.rank = rank
         # [A_1; ..; A_k] (k r, in) and [s_1 B_1 | .. | s_k B_k] (out, k r)
-        self.register_buffer("rs_A", stack_a.reshape(k * rank, m), persistent=False)
+        self.register_buffer("rs_A", stack_a.reshape(k * rank, -1), persistent=False)
         self.register_buffer(
-            "rs_B", stack_b.permute(1, 0, 2).reshape(n, k * rank).contiguous(), persistent=False
+            "rs_B", stack_b.permute(1, 0, 2).reshape(-1, k * rank).contiguous(), persistent=False
         )
 
     def rank_weights(self, alphas: Tensor) -> Tensor:
@@ -140,21 +133,8 @@ def install_interpolated_loras(model: nn.Module, loras: Sequence[LoRAWeights]) -
         AdapterFormatError: a LoRA names a module the model lacks or one that is not linear.
     """
     context = PreferenceContext(len(loras))
-    named = dict(model.named_modules())
-    for module in sorted({m for lora in loras for m in lora.modules}):
-        if not isinstance(named.get(module), nn.Linear):
-            found = "missing" if module not in named else type(named[module]).__name__
-            raise AdapterFormatError(
-                f"adapter module {module!r} is {found} in {type(model).__name__}; the policies "
-                "were trained on a different backbone"
-            )
-        parts = [
-            None if module not in lora.modules else (*lora.modules[module], lora.scaling)
-            for lora in loras
-        ]
-        parent, _, child = module.rpartition(".")
-        wrapper = InterpolatedLoRALinear(named[module], context, parts)
-        setattr(model.get_submodule(parent) if parent else model, child, wrapper)
+    for module, linear, parts in adapted_layers(model, loras):
+        replace_module(model, module, InterpolatedLoRALinear(linear, context, parts))
     for p in model.parameters():
         p.requires_grad_(False)
     setattr(model, CONTEXT_ATTR, context)

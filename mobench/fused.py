@@ -132,6 +132,72 @@ class LaneLayout:
         return self.n_plain + len(self.adapters)
 
 
+#: one LoRA's part on one linear layer: ``(A (r, in), B (out, r), scale)``, or None where the
+#: adapter does not touch the layer (a zero delta)
+LayerAdapter = tuple[Tensor, Tensor, float] | None
+
+
+def stack_adapters(base: nn.Linear, adapters: Sequence[LayerAdapter]) -> tuple[Tensor, Tensor]:
+    """The adapters of one linear layer as fp32 stacks on its device, ``A (k, r, in)`` and
+    ``s B (k, out, r)`` (the scale folded into B), zero-padded to the largest rank (exact: zeros
+    add nothing); a None adapter is all zeros.
+
+    Raises:
+        AdapterFormatError: an adapter's shapes do not fit the layer.
+    """
+    n, m, device = base.out_features, base.in_features, base.weight.device
+    rank = max([a.shape[0] for a, _, _ in (x for x in adapters if x is not None)], default=1)
+    stack_a = torch.zeros(len(adapters), rank, m, dtype=torch.float32, device=device)
+    stack_b = torch.zeros(len(adapters), n, rank, dtype=torch.float32, device=device)
+    for j, adapter in enumerate(adapters):
+        if adapter is None:
+            continue
+        a, b, scaling = adapter
+        if a.shape[1] != m or b.shape[0] != n or a.shape[0] != b.shape[1]:
+            raise AdapterFormatError(
+                f"LoRA shapes A {tuple(a.shape)}, B {tuple(b.shape)} do not fit a linear "
+                f"layer {m} -> {n}; the adapter was trained on another model"
+            )
+        r = a.shape[0]
+        stack_a[j, :r] = a.to(device=device, dtype=torch.float32)
+        stack_b[j, :, :r] = b.to(device=device, dtype=torch.float32) * scaling
+    return stack_a, stack_b
+
+
+def adapted_layers(
+    model: nn.Module, adapters: Sequence[LoRAWeights]
+) -> list[tuple[str, nn.Linear, list[LayerAdapter]]]:
+    """Every linear layer any of ``adapters`` touches, in name order: its module name, the
+    layer, and each adapter's part on it (:data:`LayerAdapter`, in ``adapters`` order).
+
+    Raises:
+        AdapterFormatError: an adapter names a module the model lacks, or one that is not
+            ``nn.Linear`` (it was trained on a different backbone).
+    """
+    named = dict(model.named_modules())
+    out = []
+    for module in sorted({m for adapter in adapters for m in adapter.modules}):
+        linear = named.get(module)
+        if not isinstance(linear, nn.Linear):
+            found = "missing" if linear is None else type(linear).__name__
+            raise AdapterFormatError(
+                f"adapter module {module!r} is {found} in {type(model).__name__}; the adapter "
+                "was trained on a different backbone"
+            )
+        parts: list[LayerAdapter] = [
+            None if module not in ad.modules else (*ad.modules[module], ad.scaling)
+            for ad in adapters
+        ]
+        out.append((module, linear, parts))
+    return out
+
+
+def replace_module(model: nn.Module, name: str, wrapper: nn.Module) -> None:
+    """Put ``wrapper`` where the submodule ``name`` is."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, wrapper)
+
+
 class MultiLoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus several LoRA adapters, each applied to its own lane of rows.
 
@@ -151,7 +217,7 @@ class MultiLoRALinear(nn.Module):
     def __init__(
         self,
         base: nn.Linear,
-        adapters: Sequence[tuple[Tensor, Tensor, float] | None],
+        adapters: Sequence[LayerAdapter],
         layout: LaneLayout,
     ) -> None:
         super().__init__()
@@ -159,23 +225,7 @@ class MultiLoRALinear(nn.Module):
             raise TypeError(f"can only wrap nn.Linear, got {type(base).__name__}")
         self.base_layer = base.requires_grad_(False)
         object.__setattr__(self, "layout", layout)  # shared by every layer; not a submodule
-        n, m = base.out_features, base.in_features
-        rank = max([a.shape[0] for a, _, _ in (x for x in adapters if x is not None)], default=1)
-        w = base.weight
-        stack_a = torch.zeros(len(adapters), rank, m, dtype=torch.float32, device=w.device)
-        stack_b = torch.zeros(len(adapters), n, rank, dtype=torch.float32, device=w.device)
-        for j, adapter in enumerate(adapters):
-            if adapter is None:  # this adapter does not touch this module: a zero delta
-                continue
-            a, b, scaling = adapter
-            if a.shape[1] != m or b.shape[0] != n or a.shape[0] != b.shape[1]:
-                raise AdapterFormatError(
-                    f"LoRA shapes A {tuple(a.shape)}, B {tuple(b.shape)} do not fit a linear "
-                    f"layer {m} -> {n}; the adapter was trained on another model"
-                )
-            r = a.shape[0]
-            stack_a[j, :r] = a.to(device=w.device, dtype=torch.float32)
-            stack_b[j, :, :r] = b.to(device=w.device, dtype=torch.float32) * scaling
+        stack_a, stack_b = stack_adapters(base, adapters)
         # A^T and (sB)^T, laid out for bmm: (adapters, in, r) and (adapters, r, out)
         self.register_buffer("lora_A", stack_a.transpose(1, 2).contiguous(), persistent=False)
         self.register_buffer("lora_B", stack_b.transpose(1, 2).contiguous(), persistent=False)
@@ -235,23 +285,9 @@ def inject_multi_lora(model: nn.Module, adapters: Sequence[LoRAWeights]) -> Lane
         raise AdapterFormatError("this model already has multi-LoRA adapters injected")
     if not adapters:
         raise ValueError("inject_multi_lora needs at least one adapter")
-    named = dict(model.named_modules())
-    targets = sorted({m for adapter in adapters for m in adapter.modules})
-    for module in targets:
-        if not isinstance(named.get(module), nn.Linear):
-            found = "missing" if module not in named else type(named[module]).__name__
-            raise AdapterFormatError(
-                f"adapter module {module!r} is {found} in {type(model).__name__}; the adapter "
-                "was trained on a different backbone"
-            )
+    layers = adapted_layers(model, adapters)  # every layer checked before any is replaced
     layout = LaneLayout()
-    for module in targets:
-        parts = [
-            None if module not in ad.modules else (*ad.modules[module], ad.scaling)
-            for ad in adapters
-        ]
-        parent, _, child = module.rpartition(".")
-        wrapper = MultiLoRALinear(named[module], parts, layout)
-        setattr(model.get_submodule(parent) if parent else model, child, wrapper)
+    for module, linear, parts in layers:
+        replace_module(model, module, MultiLoRALinear(linear, parts, layout))
     setattr(model, LAYOUT_ATTR, layout)
     return layout
