@@ -174,12 +174,14 @@ MINI_TRAINING = {
     "max_length": 192,
     "max_prompt_length": 128,
 }
-#: the safety mini preset's: 16 updates of 8 pairs drawn from 384 training pairs (48 updates per
-#: ARM took ~20 min per ARM on the shared 2 cores, beyond the preset's hour for five methods);
-#: PKU prompts are short, and 160 tokens keep most responses whole
+#: the safety mini preset's: 32 updates of 8 pairs from 384 training pairs at lr 2e-3. At the
+#: official lr 5e-4 and 16 updates the guides barely moved (the same answer for most alphas,
+#: refusal rate flat; benchmarks/steering/safety-mini-20261130b.json records the step); PKU
+#: prompts are short, and 160 tokens keep most responses whole
 SAFETY_MINI_TRAINING = {
     **MINI_TRAINING,
-    "max_steps": 16,
+    "max_steps": 32,
+    "learning_rate": 2e-3,
     "max_length": 160,
     "max_prompt_length": 64,
 }
@@ -188,6 +190,15 @@ SAFETY_MINI_TRAINING = {
 #: two ARMs of one run are trained at different strengths, so alpha trades one objective against
 #: an ARM's training strength rather than against the other objective
 MINI_ARM_BETA_R = {"helpful": 0.1, "harmless": 0.1}
+#: PARM and UniARM learn the alpha-conditioned part of one adapter from alpha-weighted losses
+#: (each objective's signal weighs alpha_i ~ Dirichlet(0.5) per micro-batch): at 32 updates of
+#: lr 2e-3 PARM's answers did not move with alpha; 48 updates at 5e-3 moved them (pilot runs on
+#: three alphas, same record)
+MINI_PREFERENCE_ARM_TRAINING = {"learning_rate": 5e-3, "max_steps": 64}
+#: the per-objective DPO policies of RS, MOD and MOD-w2s (one shared training, so one setting for
+#: all three): MOD's LoRA r 64 with lora_alpha 1 scales the update by 1/64, which at 32 updates
+#: left the policies at the base; r 8 with lora_alpha 16 (scale 2, GenARM's) moves them
+MINI_DPO_POLICY_TRAINING = {"lora_r": 8, "lora_alpha": 16}
 
 register_preset(
     Preset(
@@ -202,12 +213,19 @@ register_preset(
         ),
         base_model="smollm2-135m-instruct",
         data=DATA_DIR_PREFIX + "pku-saferlhf/pku_saferlhf_test_safety_pairs_5135.jsonl.gz",
-        split_sizes=(384, 16, 32),
+        # 64 test prompts: with 32, one point's 95% interval was 0.5-0.8 standard deviations
+        # wide, wider than most fronts' span
+        split_sizes=(384, 16, 64),
         split_seed=0,
         generation=GenerationConfig(max_new_tokens=64),
         training=dict(SAFETY_MINI_TRAINING),
         method_training={
-            m: {"beta_r": dict(MINI_ARM_BETA_R)} for m in ("genarm", "parm", "uniarm")
+            "genarm": {"beta_r": dict(MINI_ARM_BETA_R)},
+            **{
+                m: {"beta_r": dict(MINI_ARM_BETA_R), **MINI_PREFERENCE_ARM_TRAINING}
+                for m in ("parm", "uniarm")
+            },
+            **{m: dict(MINI_DPO_POLICY_TRAINING) for m in ("rs", "mod", "mod_w2s")},
         },
         scorers={"helpful": MINI_HELPFUL_SCORER, "harmless": MINI_HARMLESS_SCORER},
         # trained scorers are standardised (held-out mean 0, std 1)
