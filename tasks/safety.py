@@ -176,7 +176,7 @@ MINI_TRAINING = {
 }
 #: the safety mini preset's: 32 updates of 8 pairs from 384 training pairs at lr 2e-3. At the
 #: official lr 5e-4 and 16 updates the guides barely moved (the same answer for most alphas,
-#: refusal rate flat; benchmarks/steering/safety-mini-20261130b.json records the step); PKU
+#: refusal rate flat; benchmarks/steering/safety-mini-pilots-20261130.json); PKU
 #: prompts are short, and 160 tokens keep most responses whole
 SAFETY_MINI_TRAINING = {
     **MINI_TRAINING,
@@ -193,7 +193,7 @@ MINI_ARM_BETA_R = {"helpful": 0.1, "harmless": 0.1}
 #: PARM and UniARM learn the alpha-conditioned part of one adapter from alpha-weighted losses
 #: (each objective's signal weighs alpha_i ~ Dirichlet(0.5) per micro-batch): at 32 updates of
 #: lr 2e-3 PARM's answers did not move with alpha; 48 updates at 5e-3 moved them (pilot runs on
-#: three alphas, same record)
+#: three alphas, same file)
 MINI_PREFERENCE_ARM_TRAINING = {"learning_rate": 5e-3, "max_steps": 64}
 #: the per-objective DPO policies of RS, MOD and MOD-w2s (one shared training, so one setting for
 #: all three): MOD's LoRA r 64 with lora_alpha 1 scales the update by 1/64, which at 32 updates

@@ -102,3 +102,15 @@ def test_mini_presets_share_one_harmless_probe_fitted_on_the_scorer_half(tmp_pat
     recipe = parse_probe_recipe(source, "harmless")
     assert kind == "probe" and recipe.part == "scorer"
     assert [Path(f).name for f in recipe.data] == ["pku_saferlhf_test_safety_pairs_5135.jsonl.gz"]
+
+
+def test_safety_mini_trains_one_set_of_dpo_policies_for_rs_mod_and_mod_w2s(tmp_path: Any) -> None:
+    # the three methods share the trained policies through the guide cache only when their
+    # resolved training settings agree; a per-method override on one of them would train twice
+    configs = [
+        resolve_spec("safety", m, "mini", data_dir=tmp_path, identify=False).method_config
+        for m in ("rs", "mod", "mod_w2s")
+    ]
+    assert configs[0] == configs[1] == configs[2]
+    # and the mini override reaches them (MOD's own r 64 / lora_alpha 1 is a 1/64 scale)
+    assert configs[0]["lora_alpha"] / configs[0]["lora_r"] >= 1
