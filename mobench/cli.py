@@ -241,10 +241,17 @@ def run(
             '{"deepspeed": "ds.json"} or {"fsdp": "full_shard auto_wrap"}'
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="torch intra-op threads (default: torch's, every core); give 1 per job when "
+            "running several jobs on one machine"
+        ),
+    ] = None,
 ) -> None:
     """Train a method's guide, generate over the alpha grid, score, and compute HV and MIP."""
     from mobench import pipeline
-    from mobench.models import Placement
+    from mobench.models import Placement, torch_threads
     from mobench.resolve import describe_run, resolve_spec
     from mobench.sharding import check_device_map, resolve_shard
 
@@ -253,6 +260,8 @@ def run(
             raise ConfigError("--batch-size must be at least 1")
         if max_new_tokens is not None and max_new_tokens < 1:
             raise ConfigError("--max-new-tokens must be at least 1")
+        if threads is not None and threads < 1:
+            raise ConfigError("--threads must be at least 1")
         this_shard = resolve_shard(shard)
         placement = Placement(device_map=_parse_device_map(device_map), guide_device=guide_device)
         check_device_map(placement.device_map, this_shard)
@@ -284,7 +293,7 @@ def run(
         # one progress display per terminal: a launcher's other ranks stay quiet
         quiet = this_shard is not None and this_shard.launched and this_shard.index != 0
         display = contextlib.nullcontext(pipeline.NullProgress()) if quiet else RichProgress()
-        with display as progress:
+        with display as progress, torch_threads(threads):
             result = pipeline.execute_run(
                 spec,
                 run_dir,
@@ -537,7 +546,8 @@ def bench(
     """Time mobench's guided decoding against plain decoding and the reference loop."""
     import dataclasses
 
-    from mobench.bench import BENCH_PRESETS, run_bench, torch_threads
+    from mobench.bench import BENCH_PRESETS, run_bench
+    from mobench.models import torch_threads
 
     def names(text: str) -> tuple[str, ...]:
         return tuple(n.strip() for n in text.split(",") if n.strip())
@@ -546,6 +556,8 @@ def bench(
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model copy otherwise
     try:
+        if threads is not None and threads < 1:
+            raise ConfigError("--threads must be at least 1")
         if preset not in BENCH_PRESETS:
             raise ConfigError(
                 f"unknown bench preset '{preset}'; known: {', '.join(sorted(BENCH_PRESETS))}"

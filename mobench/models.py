@@ -632,6 +632,20 @@ def model_record(spec: RunSpec, models: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
+def torch_threads(n: int | None) -> Any:
+    """Run with ``n`` intra-op threads (None: leave torch's default). Two jobs on one machine
+    each take every core by default, and oversubscribed OpenMP threads ran ~10x slower on the
+    2-core development machine; one thread per job avoids that."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def scoring_threads(device: str) -> Any:
     """Score on ONE intra-op thread on CPU: a CPU reduction's order follows the thread count,
     so even fp32 scores differ in the last bits between 1 and 2 threads (measured: 1e-7 on the

@@ -81,11 +81,19 @@ def test_run_prints_table_hv_mip_and_resumes(unit_preset: Any, tmp_path: Path) -
         "cpu",
         "--limit",
         "2",
+        "--threads",
+        "1",
         "--out",
         str(tmp_path / "run"),
     ]
+    import torch
+
+    threads_before = torch.get_num_threads()
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
+    # --threads holds for the run (env.json records it) and is given back afterwards
+    assert json.loads((tmp_path / "run" / "env.json").read_text())["torch_threads"] == 1
+    assert torch.get_num_threads() == threads_before
     assert "HV  =" in first.output and "MIP =" in first.output
     assert "mean helpful" in first.output and str(tmp_path / "run") in first.output.replace(
         "\n", ""
@@ -103,6 +111,12 @@ def test_run_prints_table_hv_mip_and_resumes(unit_preset: Any, tmp_path: Path) -
     assert sorted((tmp_path / "run" / "scores.jsonl").read_text().splitlines()) == sorted(
         scores.splitlines()
     )
+
+
+def test_run_and_bench_refuse_fewer_than_one_thread() -> None:
+    for command in (["run", "--method", "genarm", "--task", "safety"], ["bench"]):
+        out = _one_line_error(runner.invoke(app, [*command, "--threads", "0"]))
+        assert "--threads must be at least 1" in out
 
 
 def test_score_on_a_non_run_directory_exits_2(tmp_path: Path) -> None:
