@@ -20,6 +20,28 @@ from mobench.metrics import paired_differences
 from mobench.runs import RunDirectory, score_matrix
 
 PHASES = ("data", "train", "generate", "score")
+#: issue 12's bar for a mini front that steers (stricter than mobench's own warning at 0.5)
+BAR_SPEARMAN = 0.8
+BAR_SCORE_CORRELATION = 0.5
+BAR_CHANGED = 0.5
+
+
+def missed_bar(steering: dict[str, Any]) -> list[str]:
+    """Which of issue 12's criteria a run misses: Spearman >= 0.8 and span > noise for every
+    objective, at least half the prompts changed at the extremes, score correlation < 0.5."""
+    missed = []
+    for name, e in steering["objectives"].items():
+        if e["spearman"] is None or e["spearman"] < BAR_SPEARMAN:
+            missed.append(f"{name} Spearman")
+        if not e["span_beyond_noise"]:
+            missed.append(f"{name} span")
+    if steering["answers_changed"]["fraction"] < BAR_CHANGED:
+        missed.append("answers changed")
+    if any(
+        r is not None and r >= BAR_SCORE_CORRELATION for r in steering["score_correlation"].values()
+    ):
+        missed.append("score correlation")
+    return missed
 
 
 def load(run_dir: Path) -> dict[str, Any]:
@@ -69,6 +91,7 @@ def main(out: Path, run_dirs: list[Path]) -> None:
             "timing_s": r["timing_s"],
             "train_reused_from": r["train_reused_from"],
             "forwards_per_token": r["forwards_per_token"],
+            "misses_issue_12_bar": missed_bar(m["steering"]),
         }
         if base is not None and method != "base" and base["prompt_ids"] == r["prompt_ids"]:
             entry["paired_vs_base"] = paired_differences(
@@ -85,6 +108,7 @@ def main(out: Path, run_dirs: list[Path]) -> None:
         cells = [spearman_cell(s["objectives"][o]) for o in objectives]
         corr = ", ".join(f"{v:.2f}" for v in s["score_correlation"].values() if v is not None)
         verdict = "reference" if not s["expected_to_steer"] else ("yes" if s["steers"] else "no")
+        bar = "-" if not s["expected_to_steer"] else (", ".join(e["misses_issue_12_bar"]) or "met")
         train = e["timing_s"]["train"]
         decode = sum(e["timing_s"][p] or 0.0 for p in ("generate", "score")) / 60
         reused = " (reused)" if e["train_reused_from"] else ""
@@ -103,7 +127,7 @@ def main(out: Path, run_dirs: list[Path]) -> None:
         print(
             f"| {method} | {' | '.join(cells)} | {changed['prompts']} / {changed['of']} | {corr} "
             f"| {e['hv']:.2f} [{hv_lo:.2f}, {hv_hi:.2f}] | {e['mip']:.3f} [{mip_lo:.3f}, "
-            f"{mip_hi:.3f}] | {diff} | {verdict} | {train_cell} | {decode:.1f} |"
+            f"{mip_hi:.3f}] | {diff} | {verdict} | {bar} | {train_cell} | {decode:.1f} |"
         )
 
 
