@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 REFUSAL_MARKERS = ("I'm sorry", "I am sorry", "I can't", "I cannot", "I'm unable", "I'm not able")
-SETTINGS = ("learning_rate", "max_steps", "lora_r", "lora_alpha", "beta_r")
+SETTINGS = ("learning_rate", "max_steps", "lora_r", "lora_alpha", "beta_r", "modulation")
 
 
 def refuses(text: str) -> bool:
