@@ -26,6 +26,7 @@ from mobench.methods.shared import (
     check_objectives,
     lora_config,
     save_random_lora_guide,
+    tokenized_training_pairs,
     write_lora_guide_config,
 )
 
@@ -33,15 +34,14 @@ from mobench.config import RunSpec
 from mobench.data import DataError, Splits
 from mobench.engine import Lane, LoRA
 from mobench.interfaces import Method, Task
-from mobench.models import ModelContext, load_causal_lm, load_tokenizer, safetensors_numel
+from mobench.models import ModelContext, load_causal_lm, safetensors_numel
 from mobench.training import (
     ARMTrainingConfig,
     TokenizedPair,
     TrainerSettings,
     TrainResult,
-    data_parallel_batches,
     launched_processes,
-    tokenize_pairs,
+    trainer_arguments,
 )
 
 #: what the saved guide config says about the DPO reference
@@ -142,36 +142,19 @@ def train_dpo_policy(
     from datasets import Dataset
     from trl import DPOConfig
 
-    use_cpu = next(model.parameters()).device.type == "cpu"
-    # the config's batch is the global batch on any number of processes, as in train_pairs
-    per_device, accum = data_parallel_batches(config, launched_processes())
-    settings: dict[str, Any] = dict(
-        output_dir=output_dir,
+    # the config's batch is the global batch on any number of processes, as in train_pairs; the
+    # shared fields also override trl 1.16's defaults bf16=True (refused on CPU without use_cpu)
+    # and saved checkpoints
+    settings = trainer_arguments(
+        model, config, output_dir, bf16=bf16, processes=launched_processes()
+    )
+    settings.update(
         beta=config.dpo_beta,
         loss_type=["sigmoid"],  # the standard (reverse-KL) DPO loss MOD's closed form assumes
         # tokenize_pairs already fits every sequence into max_length; a second cut in trl's
         # collator (which keeps the start) would only drop response tokens
         max_length=None,
-        per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        # trl 1.16 defaults: bf16=True (refused on CPU without use_cpu), gradient checkpointing
-        # on (slower on CPU), checkpoints saved (not needed: the pipeline saves the adapter)
-        bf16=bf16,
-        use_cpu=use_cpu,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        logging_steps=1,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+        gradient_checkpointing=False,  # trl's default is on: slower on CPU
     )
     trainer = trainer or TrainerSettings()
     settings.update(trainer.arguments)  # --trainer-config (checked)
@@ -217,11 +200,7 @@ class DPOPolicies(Method):
         trainer: TrainerSettings | None = None,
     ) -> None:
         cfg = self.config
-        tok = load_tokenizer(spec.guide_model)
-        template = spec.templates.get(spec.guide_model)
-        pairs = tokenize_pairs(
-            splits.train, lambda p: task.render(p.prompt, tok, template), tok, task.objectives, cfg
-        )
+        tok, pairs = tokenized_training_pairs(task, splits, spec, cfg)
         report: dict[str, Any] = {}
         for i, objective in enumerate(task.objectives):
             rows = dpo_rows(pairs, i)

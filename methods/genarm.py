@@ -27,6 +27,7 @@ from mobench.methods.shared import (
     check_objectives,
     lora_config,
     save_random_lora_guide,
+    tokenized_training_pairs,
     write_lora_guide_config,
 )
 
@@ -34,14 +35,13 @@ from mobench.config import RunSpec
 from mobench.data import Splits
 from mobench.engine import GuideSpec, Lane, LoRA
 from mobench.interfaces import Method, Task
-from mobench.models import ModelContext, load_causal_lm, load_tokenizer, safetensors_numel
+from mobench.models import ModelContext, load_causal_lm, safetensors_numel
 from mobench.registry import register_method
 from mobench.training import (
     ARMTrainingConfig,
     TrainerSettings,
     bradley_terry_loss,
     sequence_logprobs,
-    tokenize_pairs,
     train_pairs,
 )
 
@@ -98,11 +98,7 @@ class GenARM(Method):
         from transformers import set_seed
 
         cfg = self.config
-        tok = load_tokenizer(spec.guide_model)
-        template = spec.templates.get(spec.guide_model)
-        pairs = tokenize_pairs(
-            splits.train, lambda p: task.render(p.prompt, tok, template), tok, task.objectives, cfg
-        )
+        tok, pairs = tokenized_training_pairs(task, splits, spec, cfg)
         report: dict[str, Any] = {}
         for i, objective in enumerate(task.objectives):
             labelled = [p for p in pairs if p.labels[i] >= 0]

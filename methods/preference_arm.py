@@ -34,21 +34,20 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from mobench.methods.shared import GUIDE_CONFIG, check_objectives
+from mobench.methods.shared import GUIDE_CONFIG, check_objectives, tokenized_training_pairs
 from torch import Tensor, nn
 
 from mobench.config import ConfigError, RunSpec
 from mobench.data import Splits
 from mobench.engine import Conditioned, GuideSpec, Lane
 from mobench.interfaces import Method, Task
-from mobench.models import ModelContext, load_causal_lm, load_tokenizer, source_fingerprint
+from mobench.models import ModelContext, load_causal_lm, source_fingerprint
 from mobench.training import (
     ARMTrainingConfig,
     PairLoss,
     TrainerSettings,
     bradley_terry_loss,
     sequence_logprobs,
-    tokenize_pairs,
     train_pairs,
 )
 
@@ -658,11 +657,7 @@ class PreferenceARM(Method):
     ) -> None:
         cfg = self.config
         objectives = list(task.objectives)
-        tok = load_tokenizer(spec.guide_model)
-        template = spec.templates.get(spec.guide_model)
-        pairs = tokenize_pairs(
-            splits.train, lambda p: task.render(p.prompt, tok, template), tok, objectives, cfg
-        )
+        tok, pairs = tokenized_training_pairs(task, splits, spec, cfg)
         model, _ = load_causal_lm(spec.guide_model, dtype="float32", device=spec.device)
         torch.manual_seed(cfg.seed)  # reproducible adapter initialisation
         architecture = self.inject(model, objectives, tok)

@@ -14,15 +14,31 @@ from typing import Any
 
 import torch
 
-from mobench.config import ConfigError
+from mobench.config import ConfigError, RunSpec
+from mobench.data import Splits
 from mobench.interfaces import Method, Task
-from mobench.models import ModelContext, ModelError, source_fingerprint
+from mobench.models import ModelContext, ModelError, load_tokenizer, source_fingerprint
+from mobench.training import ARMTrainingConfig, TokenizedPair, tokenize_pairs
 
 GUIDE_CONFIG = "guide_config.json"
 #: size of the random LoRA deltas of :func:`save_random_lora` (``mobench bench``): large enough
 #: that each adapter visibly moves the decoded tokens, small enough that the text stays the base
 #: model's kind of text.
 RANDOM_LORA_SCALE = 0.1
+
+
+def tokenized_training_pairs(
+    task: Task, splits: Splits, spec: RunSpec, config: ARMTrainingConfig
+) -> tuple[Any, list[TokenizedPair]]:
+    """The guide backbone's tokenizer and the training split tokenized for it: each prompt
+    rendered in the guide's template (the preset's for that model, else the task's), every
+    objective's label kept, sequences cut to ``config``'s lengths."""
+    tok = load_tokenizer(spec.guide_model)
+    template = spec.templates.get(spec.guide_model)
+    pairs = tokenize_pairs(
+        splits.train, lambda p: task.render(p.prompt, tok, template), tok, task.objectives, config
+    )
+    return tok, pairs
 
 
 def check_objectives(stored: list[str], task: Task, artifacts: Path) -> None:

@@ -442,6 +442,37 @@ class TrainResult:
     losses: list[float]
 
 
+def trainer_arguments(
+    model: Any, config: ARMTrainingConfig, output_dir: str, *, bf16: bool, processes: int
+) -> dict[str, Any]:
+    """The TrainingArguments fields every mobench trainer (the pair trainer, trl's DPO) sets the
+    same way: the config's optimisation settings, its batch as the global batch over
+    ``processes`` (:func:`data_parallel_batches`), CPU use read from where ``model`` lives, no
+    checkpoints (the pipeline saves the adapter), a loss logged every update, no tqdm (mobench
+    draws its own progress) and no dataloader workers."""
+    per_device, accum = data_parallel_batches(config, processes)
+    return dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=bf16,
+        use_cpu=next(model.parameters()).device.type == "cpu",
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
 def train_pairs(
     model: Any,
     pairs: list[TokenizedPair],
@@ -469,30 +500,11 @@ def train_pairs(
         raise ValueError(
             "no training pairs: the train split is empty (check --limit / split sizes)"
         )
-    use_cpu = next(model.parameters()).device.type == "cpu"
     processes = launched_processes()
-    per_device, accum = data_parallel_batches(config, processes)
-    settings: dict[str, Any] = dict(
-        output_dir=output_dir,
-        per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=bf16,
-        use_cpu=use_cpu,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    settings = trainer_arguments(model, config, output_dir, bf16=bf16, processes=processes)
+    settings["remove_unused_columns"] = False  # the pair collator reads every column
+    per_device = settings["per_device_train_batch_size"]
+    accum = settings["gradient_accumulation_steps"]
     trainer = trainer or TrainerSettings()
     settings.update(trainer.arguments)  # checked: never a spec-owned field
     args = TrainingArguments(**settings)
