@@ -12,7 +12,8 @@ config field or a small function, so a better-informed variant is a config chang
    embeddings over the tokens of a short text description of objective i
    (``objective_descriptions``; defaults "helpfulness", "harmlessness", "humor"). The mixed
    vector is ``o(alpha) = sum_i alpha_i e_i``. mobench scales each ``e_i`` to unit length
-   (``unit_descriptors``; see its help for why). E is computed once at training time and saved
+   (``unit_descriptors``) and can first subtract their mean (``center_descriptors``, off by
+   default); see their help for why. E is computed once at training time and saved
    with the adapters (it is not trained and not counted as a trainable parameter).
 2. **MoSLoRA layer** [RECON] (:class:`ModulatedLoRALinear`, below; named so as not to be taken
    for the unrelated "Mixture-of-Subspaces LoRA", also called MoSLoRA) on q/k/v: shared
@@ -227,6 +228,19 @@ class UniARMConfig(PreferenceARMConfig):
             "backbone's embedding scale (a tiny model then never learns it)"
         },
     )
+    center_descriptors: bool = field(
+        default=False,
+        metadata={
+            "help": "subtract the objectives' mean descriptor before the unit scaling, so that "
+            "o(alpha) carries only the preference contrast [RECON, an option, off by default]: "
+            "raw descriptors share most of their direction (cosine 0.67 for 'helpfulness' / "
+            "'harmlessness' on SmolLM2-135M) and G learned one modulation for every alpha "
+            "(gamma moved < 0.1 between the extreme alphas); centred, gamma moved by 0.56, but "
+            "on the safety mini preset the front still did not steer (harmlessness moved against "
+            "its weight), so the default stays the plain mixture "
+            "(benchmarks/steering/safety-mini-pilots-20261130.json)"
+        },
+    )
     global_loss_weight: float = field(
         default=1.0,
         metadata={
@@ -248,11 +262,15 @@ class UniARMConfig(PreferenceARMConfig):
 
 
 def objective_descriptors(
-    model: Any, tokenizer: Any, texts: Sequence[str], unit: bool = True
+    model: Any, tokenizer: Any, texts: Sequence[str], unit: bool = True, center: bool = False
 ) -> torch.Tensor:
     """E (k, d): per text, the mean of the model's (frozen) input embeddings over its tokens
-    (no special tokens), in fp32 (METHODS §5 step 1); each row scaled to unit length when
-    ``unit`` (:attr:`UniARMConfig.unit_descriptors`)."""
+    (no special tokens), in fp32 (METHODS §5 step 1); minus the rows' mean when ``center``
+    (:attr:`UniARMConfig.center_descriptors`), then each row scaled to unit length when
+    ``unit`` (:attr:`UniARMConfig.unit_descriptors`).
+
+    Centred, ``o(alpha) = sum_i alpha_i (e_i - mean_j e_j)`` is zero at equal weights and, with
+    two objectives, ``(alpha_1 - alpha_2) u`` for one unit direction u."""
     table = model.get_input_embeddings().weight
     rows = []
     for text in texts:
@@ -263,6 +281,8 @@ def objective_descriptors(
             )
         rows.append(table[torch.tensor(ids, device=table.device)].detach().float().mean(dim=0))
     E = torch.stack(rows)
+    if center:
+        E = E - E.mean(dim=0, keepdim=True)
     return E / E.norm(dim=1, keepdim=True).clamp_min(1e-12) if unit else E
 
 
@@ -298,7 +318,13 @@ class UniARM(PreferenceARM):
         texts = self.descriptions(objectives)
         embeddings = model.get_input_embeddings().weight
         if tokenizer is not None:
-            E = objective_descriptors(model, tokenizer, texts, unit=cfg.unit_descriptors)
+            E = objective_descriptors(
+                model,
+                tokenizer,
+                texts,
+                unit=cfg.unit_descriptors,
+                center=cfg.center_descriptors,
+            )
         else:  # placeholder of the right shape: the saved E is loaded over it
             E = torch.zeros(len(objectives), embeddings.shape[1], device=embeddings.device)
         context = PreferenceContext(len(objectives), descriptors=E)
@@ -320,6 +346,7 @@ class UniARM(PreferenceARM):
             "descriptor_dim": int(E.shape[1]),
             "objective_descriptions": dict(zip(objectives, texts, strict=True)),
             "unit_descriptors": cfg.unit_descriptors,
+            "center_descriptors": cfg.center_descriptors,
             "global_loss_weight": cfg.global_loss_weight,
             "target_modules": list(cfg.target_modules),
             "adapted_modules": len(wrapped),

@@ -185,15 +185,20 @@ SAFETY_MINI_TRAINING = {
     "max_length": 160,
     "max_prompt_length": 64,
 }
-#: one beta_r for both objectives of the ARM methods. GenARM's PKU script uses helpful 0.5 and
+#: one beta_r for both objectives of GenARM's two ARMs. GenARM's PKU script uses helpful 0.5 and
 #: harmless 0.01 (PARM 0.01 for both) for 512-token responses of a 7B model; at a 50x ratio the
 #: two ARMs of one run are trained at different strengths, so alpha trades one objective against
 #: an ARM's training strength rather than against the other objective
 MINI_ARM_BETA_R = {"helpful": 0.1, "harmless": 0.1}
 #: PARM and UniARM learn the alpha-conditioned part of one adapter from alpha-weighted losses
 #: (each objective's signal weighs alpha_i ~ Dirichlet(0.5) per micro-batch): at 32 updates of
-#: lr 2e-3 PARM's answers did not move with alpha; 48 updates at 5e-3 moved them (pilot runs on
-#: three alphas, same file)
+#: lr 2e-3 PARM's answers did not move with alpha; 48 updates at 5e-3 moved them. With GenARM's
+#: beta_r 0.1 PARM's harmlessness followed alpha only inside its noise (span 0.25 vs 0.34; 128
+#: updates: 0.25 vs 0.29); PARM's official 0.01 (its default, METHODS §4.2) took it beyond
+#: (0.57 vs 0.35): summed log-probs of two responses differ by ~50-70 nats, so at 0.1 the
+#: Bradley-Terry loss saturates on most pairs (pilots:
+#: benchmarks/steering/safety-mini-pilots-20261130.json).
+#: So they keep their default beta_r (PARM's; UniARM shares PARM's training settings)
 MINI_PREFERENCE_ARM_TRAINING = {"learning_rate": 5e-3, "max_steps": 64}
 #: the per-objective DPO policies of RS, MOD and MOD-w2s (one shared training, so one setting for
 #: all three): MOD's LoRA r 64 with lora_alpha 1 scales the update by 1/64, which at 32 updates
@@ -221,10 +226,7 @@ register_preset(
         training=dict(SAFETY_MINI_TRAINING),
         method_training={
             "genarm": {"beta_r": dict(MINI_ARM_BETA_R)},
-            **{
-                m: {"beta_r": dict(MINI_ARM_BETA_R), **MINI_PREFERENCE_ARM_TRAINING}
-                for m in ("parm", "uniarm")
-            },
+            **{m: dict(MINI_PREFERENCE_ARM_TRAINING) for m in ("parm", "uniarm")},
             **{m: dict(MINI_DPO_POLICY_TRAINING) for m in ("rs", "mod", "mod_w2s")},
         },
         scorers={"helpful": MINI_HELPFUL_SCORER, "harmless": MINI_HARMLESS_SCORER},

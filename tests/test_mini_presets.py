@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mobench.methods.preference_arm import PreferenceARMConfig
 
 from mobench.config import ConfigError
 from mobench.registry import get_preset, register_preset
@@ -25,6 +26,17 @@ def test_safety_mini_trains_both_arms_with_one_beta_r(method: str, tmp_path: Any
     spec = resolve_spec("safety", method, "mini", data_dir=tmp_path, identify=False)
     beta = spec.method_config["beta_r"]
     assert set(beta) == {"helpful", "harmless"} and beta["helpful"] == beta["harmless"]
+
+
+@pytest.mark.parametrize("method", ["parm", "uniarm"])
+def test_safety_mini_keeps_parms_beta_r(method: str, tmp_path: Any) -> None:
+    # GenARM's 0.1 saturated PARM's Bradley-Terry loss (log-prob margins of 50-70 nats) and its
+    # harmless front stayed inside its noise; PARM's official 0.01 steered
+    spec = resolve_spec("safety", method, "mini", data_dir=tmp_path, identify=False)
+    default = PreferenceARMConfig().beta_r
+    assert spec.method_config["beta_r"] == default == {"helpful": 0.01, "harmless": 0.01}
+    genarm = resolve_spec("safety", "genarm", "mini", data_dir=tmp_path, identify=False)
+    assert genarm.method_config["beta_r"] == {"helpful": 0.1, "harmless": 0.1}
 
 
 @pytest.fixture

@@ -21,7 +21,12 @@ from mobench.methods.preference_arm import (
     draw_alpha,
     preference_loss,
 )
-from mobench.methods.uniarm import UniARM, UniARMConfig, objective_descriptors
+from mobench.methods.uniarm import (
+    ModulatedLoRALinear,
+    UniARM,
+    UniARMConfig,
+    objective_descriptors,
+)
 from mobench.tasks.safety import SafetyTask, load_pku_source
 
 from mobench.config import ConfigError, GenerationConfig
@@ -360,14 +365,27 @@ def test_parameter_counts_and_budget(tiny_model_dir: str) -> None:
 def test_uniarm_descriptors_are_mean_input_embeddings(tiny_model_dir: str) -> None:
     model, _ = load_causal_lm(tiny_model_dir)
     tok = load_tokenizer(tiny_model_dir)
-    raw = objective_descriptors(model, tok, ["helpfulness", "harmlessness"], unit=False)
-    unit = objective_descriptors(model, tok, ["helpfulness", "harmlessness"])
+    texts = ["helpfulness", "harmlessness", "humor"]
+    raw = objective_descriptors(model, tok, texts, unit=False)
+    unit = objective_descriptors(model, tok, texts)
+    centred = objective_descriptors(model, tok, texts, center=True)
     table = model.get_input_embeddings().weight
-    for i, text in enumerate(["helpfulness", "harmlessness"]):
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        mean = table[ids].mean(0)
-        torch.testing.assert_close(raw[i], mean)
-        torch.testing.assert_close(unit[i], mean / mean.norm())  # the default: unit length
+    means = torch.stack(
+        [table[tok(t, add_special_tokens=False)["input_ids"]].mean(0) for t in texts]
+    )
+    for i in range(len(texts)):
+        torch.testing.assert_close(raw[i], means[i])
+        torch.testing.assert_close(unit[i], means[i] / means[i].norm())
+        contrast = means[i] - means.mean(0)  # centred: the objective's offset from their mean
+        torch.testing.assert_close(centred[i], contrast / contrast.norm())
+    # centred, with two objectives E = (u, -u), so o(alpha) = (a1 - a2) u: the modulation sees
+    # only the preference contrast
+    info = make_method("uniarm", center_descriptors=True).inject(model, OBJECTIVES, tok)
+    assert info["center_descriptors"] is True
+    E = next(m for m in model.modules() if isinstance(m, ModulatedLoRALinear)).context.descriptors
+    torch.testing.assert_close(E, objective_descriptors(model, tok, texts[:2], center=True))
+    torch.testing.assert_close(E[0], -E[1])
+    model, _ = load_causal_lm(tiny_model_dir)
     method = make_method("uniarm", objective_descriptions={"helpful": "helpfulness"})
     with pytest.raises(ConfigError, match=r"description for objective\(s\) \['harmless'\]"):
         method.inject(model, OBJECTIVES, tok)
