@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 
 REFUSAL_MARKERS = ("I'm sorry", "I am sorry", "I can't", "I cannot", "I'm unable", "I'm not able")
-SETTINGS = ("learning_rate", "max_steps", "lora_r", "lora_alpha", "beta_r", "modulation")
+SETTINGS = (
+    "learning_rate",
+    "max_steps",
+    "lora_r",
+    "lora_alpha",
+    "beta_r",
+    "modulation",
+    "center_descriptors",
+)
 
 
 def refuses(text: str) -> bool:
