@@ -73,20 +73,10 @@ def study(run_dir: Path) -> dict[str, Any]:
     # the guide's own training cut (max_length, max_prompt_length) for every row
     lengths = config_from_json(get_method(method_name).config_cls, stored["config"])
     sets = {
-        "train": tokenize_pairs(
-            splits.train[:TRAIN_PAIRS],
-            lambda p: task.render(p.prompt, tok, template),
-            tok,
-            task.objectives,
-            lengths,
-        ),
-        "test": tokenize_pairs(
-            splits.test,
-            lambda p: task.render(p.prompt, tok, template),
-            tok,
-            task.objectives,
-            lengths,
-        ),
+        split: tokenize_pairs(
+            pairs, lambda p: task.render(p.prompt, tok, template), tok, task.objectives, lengths
+        )
+        for split, pairs in (("train", splits.train[:TRAIN_PAIRS]), ("test", splits.test))
     }
     result: dict[str, Any] = {"run_dir": run_dir.name, "method": method_name, "rows": []}
 

@@ -28,6 +28,7 @@ SETTINGS = (
     "beta_r",
     "modulation",
     "center_descriptors",
+    "global_loss_weight",
 )
 
 
