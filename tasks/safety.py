@@ -195,7 +195,7 @@ MINI_ARM_BETA_R = {"helpful": 0.1, "harmless": 0.1}
 #: lr 2e-3 PARM's answers did not move with alpha; 48 updates at 5e-3 moved them. With GenARM's
 #: beta_r 0.1 PARM's harmlessness followed alpha only inside its noise (span 0.25 vs 0.34; 128
 #: updates: 0.25 vs 0.29); PARM's official 0.01 (its default, METHODS §4.2) took it beyond
-#: (0.57 vs 0.35): summed log-probs of two responses differ by ~50-70 nats, so at 0.1 the
+#: (0.57 vs 0.35): summed log-probs of two responses differ by ~50-90 nats, so at 0.1 the
 #: Bradley-Terry loss saturates on most pairs (pilots:
 #: benchmarks/steering/safety-mini-pilots-20261130.json).
 #: So they keep their default beta_r (PARM's; UniARM shares PARM's training settings)

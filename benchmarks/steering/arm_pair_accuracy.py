@@ -78,7 +78,12 @@ def study(run_dir: Path) -> dict[str, Any]:
         )
         for split, pairs in (("train", splits.train[:TRAIN_PAIRS]), ("test", splits.test))
     }
-    result: dict[str, Any] = {"run_dir": run_dir.name, "method": method_name, "rows": []}
+    result: dict[str, Any] = {
+        "run_dir": f"{run_dir.parent.name}/{run_dir.name}",
+        "method": method_name,
+        "beta_r": stored["config"].get("beta_r"),
+        "rows": [],
+    }
 
     def measure(model: Any, what: str, before: Callable[[], None]) -> None:
         for split, pairs in sets.items():
