@@ -7,9 +7,9 @@ training pairs and on the held-out test pairs, at three alphas.
 A pair counts as right when the response the label prefers has the higher summed log-prob under
 the guide (GenARM: each objective's ARM; PARM / UniARM: the one adapter at the alpha; "backbone":
 the guide backbone without any adapter, measured in every study: the baseline every ARM starts
-from, which already favours the shorter response). Only
-labels the run has are counted (the safety mini preset's test pairs carry PKU's safer label; the
-helpful label comes from the helpful scorer on training pairs only).
+from, which already favours the shorter response). Only labels the run has are counted (the safety
+mini preset's test pairs carry PKU's safer label; the helpful label comes from the helpful scorer
+on training pairs only).
 """
 
 from __future__ import annotations
